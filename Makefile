@@ -1,0 +1,37 @@
+# Greenhouse developer commands. `make demo` and `make test` bootstrap .venv themselves.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint typecheck proto bench clean-venv
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,examples]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/greenhouse run --local examples/hospital --nodes 3
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy appliance secagg dp audit certs
+
+# Regenerate the committed protobuf code (tests/unit/appliance/test_proto_fresh.py fails when stale).
+proto: $(STAMP)
+	$(PY) -m appliance.proto.generate
+
+bench: $(STAMP)
+	$(PY) benchmarks/wire.py
+
+clean-venv:
+	rm -rf $(VENV)

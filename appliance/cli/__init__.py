@@ -1,0 +1,77 @@
+"""The ``greenhouse`` command line.
+
+One module per noun (``run``, later ``ca``, ``certs``, ``superlink`` ...). Each
+command parses its arguments, calls one library function and renders the result.
+:func:`main` is the single place that turns errors into one line on stderr and an
+exit code; a traceback is shown only with ``--verbose``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from appliance.errors import AppConfigError, ApplianceError
+from appliance.logs import configure_logging
+
+__all__ = ["cli", "main"]
+
+#: Exit codes by error family; the first matching entry wins. Libraries' root
+#: errors are added here as their commands are registered.
+EXIT_CODES: list[tuple[type[BaseException], int]] = [
+    (AppConfigError, 3),
+    (ApplianceError, 1),
+]
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Debug logs and full tracebacks.")
+@click.version_option(package_name="greenhouse-fl")
+@click.pass_context
+def cli(ctx: click.Context, verbose: bool) -> None:
+    """Greenhouse: privacy-hardened federated learning for hospitals and banks."""
+    ctx.obj = {"verbose": verbose}
+    configure_logging("console", level=logging.DEBUG if verbose else logging.INFO)
+
+
+def _register_commands() -> None:
+    from appliance.cli import run as run_cmd
+
+    cli.add_command(run_cmd.run)
+
+
+_register_commands()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; return the process exit code."""
+    args = sys.argv[1:] if argv is None else argv
+    verbose = "-v" in args or "--verbose" in args
+    try:
+        cli.main(args=args, prog_name="greenhouse", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("greenhouse: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        click.echo("greenhouse: interrupted", err=True)
+        return EXIT_INTERRUPTED
+    except Exception as exc:
+        for family, code in EXIT_CODES:
+            if isinstance(exc, family):
+                if verbose:
+                    raise
+                click.echo(f"greenhouse: error: {exc}", err=True)
+                return code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

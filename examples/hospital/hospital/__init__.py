@@ -1,0 +1,1 @@
+"""Hospital example: federated logistic regression on scikit-learn's breast-cancer data."""

@@ -1,0 +1,46 @@
+"""The ClientApp each hospital runs: local training and validation on its own records."""
+
+from __future__ import annotations
+
+from appliance import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordDict
+from hospital import task
+
+app = ClientApp()
+
+
+def _local_data(ctx: Context) -> tuple[task.Split, task.Split]:
+    cfg = ctx.run_config
+    return task.load_hospital_data(
+        int(ctx.node_config["partition-id"]),
+        int(ctx.node_config["num-partitions"]),
+        alpha=float(cfg["dirichlet-alpha"]),
+        seed=int(cfg["data-seed"]),
+        test_fraction=float(cfg["test-fraction"]),
+    )
+
+
+@app.train()
+def train(msg: Message, ctx: Context) -> Message:
+    train_set, _ = _local_data(ctx)
+    params = msg.content["arrays"].to_numpy_ndarrays()
+    config = msg.content["config"]
+    new_params, loss = task.train(
+        params,
+        train_set,
+        epochs=int(ctx.run_config["local-epochs"]),
+        learning_rate=float(config["learning-rate"]),
+        batch_size=int(ctx.run_config["batch-size"]),
+        seed=int(config["server-round"]),
+    )
+    metrics = MetricRecord({"train-loss": loss, "num-examples": len(train_set.y)})
+    return Message(
+        RecordDict({"arrays": ArrayRecord(new_params), "metrics": metrics}), reply_to=msg
+    )
+
+
+@app.evaluate()
+def evaluate(msg: Message, ctx: Context) -> Message:
+    _, validation = _local_data(ctx)
+    loss, accuracy = task.evaluate(msg.content["arrays"].to_numpy_ndarrays(), validation)
+    metrics = MetricRecord({"loss": loss, "accuracy": accuracy, "num-examples": len(validation.y)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
