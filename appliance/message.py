@@ -16,7 +16,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from appliance.records import RecordDict
+from appliance.records import RecordDict, check_utf8
 
 __all__ = [
     "DEFAULT_TTL_S",
@@ -59,7 +59,7 @@ def check_message_type(message_type: str) -> str:
     """
     if not isinstance(message_type, str):
         raise TypeError(f"message_type must be str, got {type(message_type).__name__}")
-    if not _MESSAGE_TYPE.match(message_type):
+    if not _MESSAGE_TYPE.fullmatch(message_type):
         raise ValueError(
             f"invalid message_type {message_type!r}: expected train, evaluate or query "
             "(optionally '.<action>') or 'system.<action>'"
@@ -78,6 +78,8 @@ class ErrorCode(enum.IntEnum):
     NODE_UNAVAILABLE = 5
     POLICY_REFUSED = 6
     LOAD_CLIENT_APP_FAILED = 7
+    CLIENT_APP_CRASHED = 8
+    RUN_NOT_RUNNING = 9
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,8 +92,11 @@ class Error:
     def __post_init__(self) -> None:
         if isinstance(self.code, bool) or not isinstance(self.code, int):
             raise TypeError(f"Error.code must be int, got {type(self.code).__name__}")
+        if not -(2**63) <= self.code < 2**63:
+            raise ValueError(f"Error.code {self.code} does not fit in 64 bits")
         if not isinstance(self.reason, str):
             raise TypeError(f"Error.reason must be str, got {type(self.reason).__name__}")
+        check_utf8("Error.reason", self.reason)
         if len(self.reason) > MAX_REASON_CHARS:
             object.__setattr__(self, "reason", self.reason[: MAX_REASON_CHARS - 3] + "...")
 
@@ -124,6 +129,7 @@ class Metadata:
             value = getattr(self, name)
             if not isinstance(value, str):
                 raise TypeError(f"{name} must be str, got {type(value).__name__}")
+            check_utf8(name, value)
             if len(value) > 128:
                 raise ValueError(f"{name} is longer than 128 characters")
         check_message_type(self.message_type)

@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 __all__ = [
     "ARRAY_DTYPES",
+    "MAX_NDIM",
     "ArrayRecord",
     "ConfigRecord",
     "ConfigValue",
@@ -28,6 +29,7 @@ __all__ = [
     "MetricValue",
     "Record",
     "RecordDict",
+    "check_utf8",
 ]
 
 #: The dtypes an ``ArrayRecord`` may hold (and the wire may carry), by name.
@@ -49,6 +51,8 @@ ARRAY_DTYPES: frozenset[str] = frozenset(
 )
 
 MAX_KEY_CHARS = 256
+#: Most dimensions an array may have (numpy allows 64; the wire carries 32).
+MAX_NDIM = 32
 _INT64_MIN = -(2**63)
 _INT64_MAX = 2**63 - 1
 
@@ -69,11 +73,21 @@ ConfigValue: TypeAlias = (
 )
 
 
+def check_utf8(what: str, text: str) -> str:
+    """Return ``text`` if it can be encoded as UTF-8 (no lone surrogates), else raise ValueError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} is not valid Unicode text (lone surrogate)") from None
+    return text
+
+
 def _check_key(key: object, record: str) -> str:
     if not isinstance(key, str):
         raise TypeError(f"{record} keys must be str, got {type(key).__name__}")
     if not key:
         raise ValueError(f"{record} keys must not be empty")
+    check_utf8(f"{record} key", key)
     if len(key) > MAX_KEY_CHARS:
         raise ValueError(f"{record} key {key[:32]!r}... is longer than {MAX_KEY_CHARS} characters")
     return key
@@ -90,6 +104,8 @@ def _check_array(name: str, value: object) -> npt.NDArray[Any]:
             f"ArrayRecord[{name!r}] has dtype {value.dtype.str!r}; "
             f"supported: {', '.join(sorted(ARRAY_DTYPES))}"
         )
+    if value.ndim > MAX_NDIM:
+        raise ValueError(f"ArrayRecord[{name!r}] has {value.ndim} dimensions, at most {MAX_NDIM}")
     if not value.dtype.isnative:
         value = value.astype(value.dtype.newbyteorder("="))
     return value
@@ -113,6 +129,8 @@ def _normalize(value: object, kind: type) -> Any:
         value = value.item()
     if kind is int and not _INT64_MIN <= value <= _INT64_MAX:  # type: ignore[operator]
         raise ValueError(f"integer {value} does not fit in 64 bits")
+    if kind is str:
+        check_utf8("string value", value)  # type: ignore[arg-type]
     return value
 
 

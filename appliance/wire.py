@@ -31,10 +31,11 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
 from appliance.errors import ApplianceError
-from appliance.message import Error, Message, Metadata
+from appliance.message import MAX_REASON_CHARS, Error, Message, Metadata
 from appliance.proto import message_pb2 as pb
 from appliance.records import (
     ARRAY_DTYPES,
+    MAX_NDIM,
     ArrayRecord,
     ConfigRecord,
     MetricRecord,
@@ -46,8 +47,10 @@ __all__ = [
     "DEFAULT_MAX_FRAME_BYTES",
     "WireError",
     "decode_message",
+    "decode_metadata",
     "decode_record_dict",
     "encode_message",
+    "encode_metadata",
     "encode_record_dict",
 ]
 
@@ -57,7 +60,6 @@ KIND_RECORD_DICT = b"R"
 _PREFIX = struct.Struct("<4scI")
 ALIGNMENT = 64
 MAX_HEADER_BYTES = 64 * 2**20
-MAX_NDIM = 32
 #: Default upper bound on a whole frame; callers may pass a smaller ``max_bytes``.
 DEFAULT_MAX_FRAME_BYTES = 16 * 2**30
 
@@ -159,22 +161,28 @@ def encode_record_dict(records: RecordDict) -> bytes:
     return _frame(KIND_RECORD_DICT, header, payload)
 
 
+def _metadata_to_proto(m: Metadata) -> pb.Metadata:
+    return pb.Metadata(
+        run_id=m.run_id,
+        message_id=m.message_id,
+        src_node_id=m.src_node_id,
+        dst_node_id=m.dst_node_id,
+        reply_to_message_id=m.reply_to_message_id,
+        group_id=m.group_id,
+        message_type=m.message_type,
+        ttl=float(m.ttl),
+        created_at=float(m.created_at),
+    )
+
+
+def encode_metadata(metadata: Metadata) -> bytes:
+    """Encode message metadata alone (the RPC layers send it beside a content frame)."""
+    return bytes(_metadata_to_proto(metadata).SerializeToString(deterministic=True))
+
+
 def encode_message(message: Message) -> bytes:
     """Encode a ``Message`` (metadata plus content or error) as one frame."""
-    m = message.metadata
-    header = pb.Message(
-        metadata=pb.Metadata(
-            run_id=m.run_id,
-            message_id=m.message_id,
-            src_node_id=m.src_node_id,
-            dst_node_id=m.dst_node_id,
-            reply_to_message_id=m.reply_to_message_id,
-            group_id=m.group_id,
-            message_type=m.message_type,
-            ttl=float(m.ttl),
-            created_at=float(m.created_at),
-        )
-    )
+    header = pb.Message(metadata=_metadata_to_proto(message.metadata))
     payload = _Payload()
     if message.has_error():
         header.error.code = message.error.code
@@ -243,6 +251,8 @@ def _value_from_proto(where: str, value: pb.Value) -> Any:
         raise WireError(f"{where}: value is missing")
     field = getattr(value, kind)
     if kind.endswith("_list"):
+        if not field.values and kind != "sint_list":
+            raise WireError(f"{where}: an empty list must be encoded as sint_list")
         return list(field.values)
     return field
 
@@ -307,6 +317,7 @@ def _parse_header(header_bytes: memoryview, header: ProtoMessage) -> None:
         header.ParseFromString(raw)
     except (DecodeError, RuntimeError, ValueError) as exc:
         raise WireError(f"malformed header: {exc}") from None
+    header.DiscardUnknownFields()  # so that re-serializing drops them and the check fails
     if header.SerializeToString(deterministic=True) != raw:
         raise WireError("header is not in canonical form (unknown or reordered fields)")
 
@@ -320,6 +331,34 @@ def _decoding(what: str) -> Iterator[None]:
         raise
     except (TypeError, ValueError, OverflowError, MemoryError) as exc:
         raise WireError(f"invalid {what}: {exc}") from None
+
+
+def _metadata_from_proto(m: pb.Metadata) -> Metadata:
+    return Metadata(
+        run_id=m.run_id,
+        message_id=m.message_id,
+        src_node_id=m.src_node_id,
+        dst_node_id=m.dst_node_id,
+        reply_to_message_id=m.reply_to_message_id,
+        group_id=m.group_id,
+        message_type=m.message_type,
+        ttl=m.ttl,
+        created_at=m.created_at,
+    )
+
+
+def decode_metadata(data: bytes, *, max_bytes: int = 64 * 1024) -> Metadata:
+    """Decode metadata made by :func:`encode_metadata`.
+
+    Raises:
+        WireError: the bytes are not canonical, valid metadata.
+    """
+    with _decoding("metadata"):
+        if len(data) > max_bytes:
+            raise WireError(f"metadata is {len(data)} bytes, more than {max_bytes}")
+        header = pb.Metadata()
+        _parse_header(memoryview(data), header)
+        return _metadata_from_proto(header)
 
 
 def decode_record_dict(
@@ -357,24 +396,15 @@ def decode_message(
         _parse_header(header_bytes, header)
         if not header.HasField("metadata"):
             raise WireError("message has no metadata")
-        m = header.metadata
-        metadata = Metadata(
-            run_id=m.run_id,
-            message_id=m.message_id,
-            src_node_id=m.src_node_id,
-            dst_node_id=m.dst_node_id,
-            reply_to_message_id=m.reply_to_message_id,
-            group_id=m.group_id,
-            message_type=m.message_type,
-            ttl=m.ttl,
-            created_at=m.created_at,
-        )
+        metadata = _metadata_from_proto(header.metadata)
         payload = _PayloadReader(payload_bytes)
         body_kind = header.WhichOneof("body")
         body: RecordDict | Error
         if body_kind == "content":
             body = _record_dict_from_proto(header.content, payload)
         elif body_kind == "error":
+            if len(header.error.reason) > MAX_REASON_CHARS:
+                raise WireError(f"error reason is longer than {MAX_REASON_CHARS} characters")
             body = Error(code=header.error.code, reason=header.error.reason)
         else:
             raise WireError("message has neither content nor error")
