@@ -15,6 +15,7 @@ import click
 
 from appliance.errors import AppConfigError, ApplianceError
 from appliance.logs import configure_logging
+from certs import CertError
 
 __all__ = ["cli", "main"]
 
@@ -23,6 +24,7 @@ __all__ = ["cli", "main"]
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (AppConfigError, 3),
     (ApplianceError, 1),
+    (CertError, 4),
 ]
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -39,9 +41,13 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 def _register_commands() -> None:
+    from appliance.cli import ca as ca_cmd
+    from appliance.cli import certs as certs_cmd
     from appliance.cli import run as run_cmd
 
     cli.add_command(run_cmd.run)
+    cli.add_command(ca_cmd.ca)
+    cli.add_command(certs_cmd.certs)
 
 
 _register_commands()
