@@ -1,0 +1,343 @@
+"""Requests (ServerApp -> node): queue, deliver at most once, expire.
+
+Lifecycle of a request (``src_node_id`` 0)::
+
+    queued --mark_delivered--> delivered --store_reply--> replied
+    queued | delivered --expire_messages (TTL ran out)--> expired
+
+Guarantees: a request is queued only for an enrolled node in a running run, and
+delivered at most once, only to its destination node, only while its run is
+running and its TTL has not run out. Each check and its state change happen in
+one transaction under a row lock. Bodies stay in the blob store; rows only
+reference them. Answering a request lives in ``_replies.py``. Authenticating the
+node is the SuperLink's job: the caller passes the *authenticated* node id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from appliance.message import SERVER_NODE_ID, Metadata
+from appliance.state._store import Store, check_id, check_key_text
+from appliance.state.errors import (
+    AlreadyDelivered,
+    BlobNotFound,
+    Conflict,
+    DuplicateMessage,
+    InvalidArgument,
+    MessageExpired,
+    MessageNotFound,
+    NodeNotFound,
+    NotAddressedToNode,
+    RunNotFound,
+    RunNotRunning,
+)
+from appliance.state.models import BundleRow, MessageRow, NodeRow, RunRow
+from appliance.state.values import BlobRef, MessageStatus, RunStatus, StoredMessage
+
+#: Most requests one ``queued_for_node`` returns.
+MAX_PULL = 10_000
+_IN_CHUNK = 500
+QUEUED = MessageStatus.QUEUED.value
+DELIVERED = MessageStatus.DELIVERED.value
+REPLIED = MessageStatus.REPLIED.value
+EXPIRED = MessageStatus.EXPIRED.value
+
+
+def message_from_row(row: MessageRow) -> StoredMessage:
+    """A frozen :class:`StoredMessage` from its row."""
+    content = None
+    if row.content_sha256 is not None:
+        content = BlobRef(sha256=row.content_sha256, size=row.content_size or 0)
+    return StoredMessage(
+        message_id=row.message_id,
+        run_id=row.run_id,
+        src_node_id=row.src_node_id,
+        dst_node_id=row.dst_node_id,
+        reply_to_message_id=row.reply_to_message_id or "",
+        group_id=row.group_id,
+        message_type=row.message_type,
+        ttl=row.ttl,
+        created_at=row.created_at,
+        status=MessageStatus(row.status),
+        content=content,
+        error_code=row.error_code,
+        error_reason=row.error_reason,
+        signature=None if row.signature is None else bytes(row.signature),
+        delivered_at=row.delivered_at,
+        synthetic=bool(row.synthetic),
+    )
+
+
+def in_chunks(items: Sequence[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), _IN_CHUNK):
+        yield list(items[start : start + _IN_CHUNK])
+
+
+def row_for(meta: Metadata, status: str, content: BlobRef | None) -> MessageRow:
+    """A new row for ``meta``.
+
+    Raises:
+        InvalidArgument: an id holds a NUL or unencodable character.
+    """
+    for name in ("message_id", "reply_to_message_id", "group_id"):
+        check_key_text(getattr(meta, name), name)
+    return MessageRow(
+        message_id=meta.message_id,
+        run_id=meta.run_id,
+        src_node_id=meta.src_node_id,
+        dst_node_id=meta.dst_node_id,
+        reply_to_message_id=meta.reply_to_message_id or None,
+        group_id=meta.group_id,
+        message_type=meta.message_type,
+        ttl=float(meta.ttl),
+        created_at=float(meta.created_at),
+        expires_at=float(meta.created_at) + float(meta.ttl),
+        status=status,
+        content_sha256=None if content is None else content.sha256,
+        content_size=None if content is None else content.size,
+        synthetic=False,
+    )
+
+
+class MessageStore(Store):
+    """Message operations of :class:`~appliance.state.State`."""
+
+    def _check_content(self, content: BlobRef | None) -> None:
+        if content is None:
+            return
+        if not isinstance(content, BlobRef):
+            raise InvalidArgument(f"content must be a BlobRef, got {type(content).__name__}")
+        if not self._blobs.exists(content.sha256):
+            raise BlobNotFound(f"content blob {content.sha256} is not in the blob store")
+        if self._blobs.size(content.sha256) != content.size:
+            raise InvalidArgument(f"content blob {content.sha256} size does not match")
+
+    @staticmethod
+    def _running_run(session: Session, run_id: int) -> RunRow:
+        run = session.get(RunRow, run_id)
+        if run is None:
+            raise RunNotFound(run_id)
+        if run.status != RunStatus.RUNNING.value:
+            raise RunNotRunning(f"run {run_id} is {run.status}, not running")
+        return run
+
+    @staticmethod
+    def _insert(session: Session, row: MessageRow) -> None:
+        if session.get(MessageRow, row.message_id) is not None:
+            raise DuplicateMessage(f"message {row.message_id} already exists")
+        session.add(row)
+        try:
+            session.flush()
+        except IntegrityError:
+            raise DuplicateMessage(f"message {row.message_id} already exists") from None
+
+    def queue_message(
+        self, meta: Metadata, content: BlobRef | None, *, now: float | None = None
+    ) -> StoredMessage:
+        """Queue a ServerApp -> node request for its destination node.
+
+        MUST check that the run exists and is running, the destination node is
+        enrolled, the id is new and the TTL has not already run out.
+
+        Args:
+            meta: routing; ``src_node_id`` 0, no ``reply_to_message_id``.
+            content: the body, already in the blob store (``None`` for no body).
+            now: the current time, for the TTL check.
+
+        Returns:
+            The stored request (status ``queued``).
+
+        Raises:
+            InvalidArgument: ``meta`` is not a request from the server, or ``content``
+                does not match its blob.
+            BlobNotFound: ``content`` is not in the blob store.
+            RunNotFound, RunNotRunning: the run is unknown or not running.
+            NodeNotFound: the destination node is not enrolled.
+            DuplicateMessage: the message id is taken.
+            MessageExpired: ``created_at + ttl`` is already past.
+        """
+        if not isinstance(meta, Metadata):
+            raise InvalidArgument(f"meta must be Metadata, got {type(meta).__name__}")
+        if not meta.message_id:
+            raise InvalidArgument("message_id must not be empty")
+        if meta.reply_to_message_id:
+            raise InvalidArgument(f"message {meta.message_id} is a reply; use store_reply")
+        if meta.src_node_id != SERVER_NODE_ID or meta.dst_node_id == SERVER_NODE_ID:
+            raise InvalidArgument(
+                f"a request goes from node {SERVER_NODE_ID} to a node, got "
+                f"{meta.src_node_id} -> {meta.dst_node_id}"
+            )
+        self._check_content(content)
+        if self._now(now) > meta.expires_at:
+            raise MessageExpired(f"message {meta.message_id} expired before it was queued")
+        with self._write() as session:
+            self._running_run(session, meta.run_id)
+            if session.get(NodeRow, meta.dst_node_id) is None:
+                raise NodeNotFound(meta.dst_node_id)
+            row = row_for(meta, QUEUED, content)
+            self._insert(session, row)
+            return message_from_row(row)
+
+    def get_message(self, message_id: str) -> StoredMessage:
+        """Return a stored message (request or reply).
+
+        Raises:
+            MessageNotFound: no such message.
+        """
+        with self._read() as session:
+            row = session.get(MessageRow, message_id)
+            if row is None:
+                raise MessageNotFound(message_id)
+            return message_from_row(row)
+
+    def queued_for_node(
+        self, node_id: int, limit: int = 100, *, now: float | None = None
+    ) -> list[StoredMessage]:
+        """Requests waiting for ``node_id``: queued, TTL not run out, run running.
+
+        Does not change anything; hand each out with :meth:`mark_delivered`.
+
+        Returns:
+            Up to ``limit`` requests, oldest first.
+
+        Raises:
+            InvalidArgument: malformed ``node_id`` or ``limit`` not in 1..10000.
+        """
+        check_id(node_id, "node_id")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_PULL:
+            raise InvalidArgument(f"limit must be an int in 1..{MAX_PULL}, got {limit!r}")
+        at = self._now(now)
+        query = (
+            select(MessageRow)
+            .join(RunRow, RunRow.run_id == MessageRow.run_id)
+            .where(
+                MessageRow.dst_node_id == node_id,
+                MessageRow.status == QUEUED,
+                MessageRow.reply_to_message_id.is_(None),
+                MessageRow.expires_at >= at,
+                RunRow.status == RunStatus.RUNNING.value,
+            )
+            .order_by(MessageRow.created_at, MessageRow.message_id)
+            .limit(limit)
+        )
+        with self._read() as session:
+            return [message_from_row(row) for row in session.scalars(query)]
+
+    def mark_delivered(
+        self, message_id: str, node_id: int, *, now: float | None = None
+    ) -> StoredMessage:
+        """Hand a queued request to its node: ``queued -> delivered``, exactly once.
+
+        Raises:
+            MessageNotFound: no such message.
+            NotAddressedToNode: the message is for another node (or is a reply).
+            AlreadyDelivered: it was delivered before.
+            MessageExpired: its TTL ran out.
+            RunNotRunning: its run is no longer running.
+        """
+        check_id(node_id, "node_id")
+        at = self._now(now)
+        with self._write() as session:
+            row = self._lock(session, message_id)
+            if row.reply_to_message_id is not None or row.dst_node_id != node_id:
+                raise NotAddressedToNode(f"message {message_id} is not addressed to node {node_id}")
+            if row.status == EXPIRED or at > row.expires_at:
+                raise MessageExpired(f"message {message_id} expired")
+            if row.status != QUEUED:
+                raise AlreadyDelivered(f"message {message_id} was already delivered")
+            self._running_run(session, row.run_id)
+            row.status = DELIVERED
+            row.delivered_at = at
+            session.flush()
+            return message_from_row(row)
+
+    @staticmethod
+    def _lock(session: Session, message_id: str) -> MessageRow:
+        row = session.scalars(
+            select(MessageRow)
+            .where(MessageRow.message_id == message_id)
+            .with_for_update(key_share=True)
+        ).first()
+        if row is None:
+            raise MessageNotFound(message_id)
+        return row
+
+    def expire_messages(self, now: float | None = None) -> list[StoredMessage]:
+        """Expire queued or delivered requests whose TTL ran out (``-> expired``).
+
+        Returns:
+            The requests just expired (so the caller can answer them with
+            :meth:`store_synthetic_error_reply`), oldest first.
+        """
+        at = self._now(now)
+        with self._write() as session:
+            rows = session.scalars(
+                update(MessageRow)
+                .where(
+                    MessageRow.reply_to_message_id.is_(None),
+                    MessageRow.status.in_([QUEUED, DELIVERED]),
+                    MessageRow.expires_at < at,
+                )
+                .values(status=EXPIRED)
+                .returning(MessageRow)
+                .execution_options(synchronize_session=False)
+            ).all()
+            expired = [message_from_row(row) for row in rows]
+        return sorted(expired, key=lambda m: (m.created_at, m.message_id))
+
+    def requests_in_flight_for_node(self, node_id: int) -> list[StoredMessage]:
+        """Requests delivered to ``node_id`` and not answered yet, oldest first."""
+        check_id(node_id, "node_id")
+        with self._read() as session:
+            rows = session.scalars(
+                select(MessageRow)
+                .where(
+                    MessageRow.dst_node_id == node_id,
+                    MessageRow.reply_to_message_id.is_(None),
+                    MessageRow.status == DELIVERED,
+                )
+                .order_by(MessageRow.created_at, MessageRow.message_id)
+            )
+            return [message_from_row(row) for row in rows]
+
+    def referenced_blobs(self) -> set[str]:
+        """SHA-256 of every blob a message or bundle still references."""
+        with self._read() as session:
+            contents = session.scalars(
+                select(MessageRow.content_sha256)
+                .where(MessageRow.content_sha256.is_not(None))
+                .distinct()
+            )
+            keep = {sha for sha in contents if sha is not None}
+            keep.update(session.scalars(select(BundleRow.sha256)))
+            return keep
+
+    def purge_run_messages(self, run_id: int) -> int:
+        """Delete every message of a finished, failed or stopped run.
+
+        Returns:
+            How many messages were deleted (their blobs go at the next gc).
+
+        Raises:
+            RunNotFound: no such run.
+            Conflict: the run is still in flight.
+        """
+        check_id(run_id, "run_id")
+        with self._write() as session:
+            run = session.get(RunRow, run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            if not RunStatus(run.status).is_terminal:
+                raise Conflict(f"run {run_id} is {run.status}; purge only ended runs")
+            ids = session.scalars(
+                delete(MessageRow)
+                .where(MessageRow.run_id == run_id)
+                .returning(MessageRow.message_id)
+                .execution_options(synchronize_session=False)
+            ).all()
+            return len(ids)

@@ -1,0 +1,261 @@
+"""Replies (node -> ServerApp): answer a delivered request once, then hand to the ServerApp.
+
+Guarantees: a request is answered at most once (status check under a row lock,
+backed by the unique index on ``reply_to_message_id``), only by the node it was
+delivered to, within the same run and before its TTL runs out. A reply is
+``queued`` for the ServerApp (``dst_node_id`` 0) until ``mark_replies_delivered``.
+Verifying the node's signature is the SuperLink's job; the signature is kept with
+the reply so every answer stays attributable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from appliance.message import SERVER_NODE_ID, Metadata
+from appliance.state._messages import (
+    DELIVERED,
+    EXPIRED,
+    QUEUED,
+    REPLIED,
+    MessageStore,
+    in_chunks,
+    message_from_row,
+    row_for,
+)
+from appliance.state._runs import clip_reason
+from appliance.state._store import check_id, check_key_text
+from appliance.state.errors import (
+    AlreadyReplied,
+    InvalidArgument,
+    MessageExpired,
+    NotDeliveredToNode,
+    RunNotFound,
+    WrongRun,
+)
+from appliance.state.models import MessageRow, RunRow
+from appliance.state.values import BlobRef, StoredMessage
+
+#: Longest accepted node signature (a signed envelope) over a reply, in bytes.
+MAX_SIGNATURE_BYTES = 4096
+
+
+class ReplyStore(MessageStore):
+    """Reply operations of :class:`~appliance.state.State`."""
+
+    def store_reply(
+        self,
+        meta: Metadata,
+        content: BlobRef | None,
+        error: tuple[int, str] | None,
+        signature: bytes | None,
+        *,
+        now: float | None = None,
+    ) -> StoredMessage:
+        """Record a node's reply and mark its request ``replied``.
+
+        MUST check that the request exists, is in the same run, was delivered to
+        ``meta.src_node_id`` (the authenticated node), has not expired and has not
+        been answered yet; then, in the same transaction, mark it replied and queue
+        the reply for the ServerApp.
+
+        Args:
+            meta: the reply's routing (``reply_to_message_id`` set, ``dst_node_id`` 0,
+                ``src_node_id`` the authenticated node).
+            content: the reply body, already in the blob store; or ``None``.
+            error: ``(code, reason)`` for an error reply; exactly one of ``content``
+                and ``error`` must be given.
+            signature: the node's signature over the reply, kept with it.
+            now: the current time, for the TTL check.
+
+        Returns:
+            The stored reply (status ``queued``).
+
+        Raises:
+            InvalidArgument: malformed reply (no/both bodies, wrong routing, signature
+                too long, content not matching its blob).
+            BlobNotFound: ``content`` is not in the blob store.
+            MessageNotFound: the request does not exist.
+            WrongRun: the request belongs to another run.
+            NotDeliveredToNode: the request was not delivered to this node.
+            AlreadyReplied: the request already has a reply.
+            MessageExpired: the request's TTL ran out.
+            RunNotRunning: the run is no longer running.
+            DuplicateMessage: the reply's message id is taken.
+        """
+        self._check_reply_shape(meta, content, error, signature)
+        self._check_content(content)
+        at = self._now(now)
+        request_id = meta.reply_to_message_id
+        node_id = meta.src_node_id
+        with self._write() as session:
+            request = self._lock(session, request_id)
+            if request.reply_to_message_id is not None:
+                raise NotDeliveredToNode(f"message {request_id} is a reply, not a request")
+            if request.run_id != meta.run_id:
+                raise WrongRun(
+                    f"request {request_id} belongs to run {request.run_id}, "
+                    f"reply claims run {meta.run_id}"
+                )
+            if request.dst_node_id != node_id:
+                raise NotDeliveredToNode(f"request {request_id} was not sent to node {node_id}")
+            if request.status == REPLIED:
+                raise AlreadyReplied(f"request {request_id} was already answered")
+            if request.status == QUEUED:
+                raise NotDeliveredToNode(f"request {request_id} was not delivered yet")
+            if request.status == EXPIRED or at > request.expires_at:
+                raise MessageExpired(f"request {request_id} expired before its reply")
+            self._running_run(session, meta.run_id)
+            request.status = REPLIED
+            reply = row_for(meta, QUEUED, content)
+            if error is not None:
+                reply.error_code, reply.error_reason = int(error[0]), clip_reason(error[1])
+            reply.signature = None if signature is None else bytes(signature)
+            self._insert_reply(session, reply)
+            return message_from_row(reply)
+
+    @staticmethod
+    def _check_reply_shape(
+        meta: Metadata,
+        content: BlobRef | None,
+        error: tuple[int, str] | None,
+        signature: bytes | None,
+    ) -> None:
+        if not isinstance(meta, Metadata):
+            raise InvalidArgument(f"meta must be Metadata, got {type(meta).__name__}")
+        if not meta.message_id or not meta.reply_to_message_id:
+            raise InvalidArgument("a reply needs a message_id and a reply_to_message_id")
+        if meta.dst_node_id != SERVER_NODE_ID or meta.src_node_id == SERVER_NODE_ID:
+            raise InvalidArgument(
+                f"a reply goes from a node to node {SERVER_NODE_ID}, got "
+                f"{meta.src_node_id} -> {meta.dst_node_id}"
+            )
+        if (content is None) == (error is None):
+            raise InvalidArgument("a reply carries exactly one of content and error")
+        if error is not None and (
+            not isinstance(error, tuple)
+            or len(error) != 2
+            or isinstance(error[0], bool)
+            or not isinstance(error[0], int)
+            or not isinstance(error[1], str)
+        ):
+            raise InvalidArgument("error must be a (code: int, reason: str) tuple")
+        if signature is not None and (
+            not isinstance(signature, bytes) or len(signature) > MAX_SIGNATURE_BYTES
+        ):
+            raise InvalidArgument(f"signature must be bytes of at most {MAX_SIGNATURE_BYTES}")
+
+    def _insert_reply(self, session: Session, reply: MessageRow) -> None:
+        assert reply.reply_to_message_id is not None
+        existing = session.scalars(
+            select(MessageRow.message_id).where(
+                MessageRow.reply_to_message_id == reply.reply_to_message_id
+            )
+        ).first()
+        if existing is not None:
+            raise AlreadyReplied(f"request {reply.reply_to_message_id} was already answered")
+        self._insert(session, reply)
+
+    def store_synthetic_error_reply(
+        self,
+        request_id: str,
+        code: int,
+        reason: str,
+        *,
+        message_id: str | None = None,
+        now: float | None = None,
+    ) -> StoredMessage:
+        """Answer a request on behalf of its node with an error (SuperLink-made).
+
+        For requests that expired or whose node went away: the ServerApp then sees
+        an error reply instead of waiting forever. The reply is marked ``synthetic``
+        and unsigned. An expired request stays ``expired``; a queued or delivered one
+        becomes ``replied``.
+
+        Raises:
+            MessageNotFound: no such request.
+            InvalidArgument: ``request_id`` names a reply.
+            AlreadyReplied: the request already has a reply.
+            DuplicateMessage: ``message_id`` is taken.
+        """
+        at = self._now(now)
+        reply_id = check_key_text(message_id or uuid.uuid4().hex, "message_id")
+        with self._write() as session:
+            request = self._lock(session, request_id)
+            if request.reply_to_message_id is not None:
+                raise InvalidArgument(f"message {request_id} is a reply, not a request")
+            if request.status == REPLIED:
+                raise AlreadyReplied(f"request {request_id} was already answered")
+            if request.status != EXPIRED:
+                request.status = REPLIED
+            reply = MessageRow(
+                message_id=reply_id,
+                run_id=request.run_id,
+                src_node_id=request.dst_node_id,
+                dst_node_id=SERVER_NODE_ID,
+                reply_to_message_id=request_id,
+                group_id=request.group_id,
+                message_type=request.message_type,
+                ttl=max(request.expires_at - at, 0.0),
+                created_at=at,
+                expires_at=max(request.expires_at, at),
+                status=QUEUED,
+                error_code=int(code),
+                error_reason=clip_reason(reason),
+                synthetic=True,
+            )
+            self._insert_reply(session, reply)
+            return message_from_row(reply)
+
+    def replies_for(self, run_id: int, message_ids: Iterable[str]) -> list[StoredMessage]:
+        """Replies to ``message_ids`` in ``run_id`` not yet handed to the ServerApp.
+
+        Raises:
+            RunNotFound: no such run.
+        """
+        check_id(run_id, "run_id")
+        ids = sorted(set(message_ids))
+        found: list[StoredMessage] = []
+        with self._read() as session:
+            if session.get(RunRow, run_id) is None:
+                raise RunNotFound(run_id)
+            for chunk in in_chunks(ids):
+                rows = session.scalars(
+                    select(MessageRow).where(
+                        MessageRow.run_id == run_id,
+                        MessageRow.reply_to_message_id.in_(chunk),
+                        MessageRow.status == QUEUED,
+                    )
+                )
+                found.extend(message_from_row(row) for row in rows)
+        return sorted(found, key=lambda m: (m.created_at, m.message_id))
+
+    def mark_replies_delivered(self, ids: Iterable[str], *, now: float | None = None) -> int:
+        """Mark replies handed to the ServerApp (``queued -> delivered``).
+
+        Returns:
+            How many replies changed (already-delivered or unknown ids are skipped).
+        """
+        at = self._now(now)
+        unique = sorted(set(ids))
+        changed = 0
+        with self._write() as session:
+            for chunk in in_chunks(unique):
+                changed += len(
+                    session.scalars(
+                        update(MessageRow)
+                        .where(
+                            MessageRow.message_id.in_(chunk),
+                            MessageRow.reply_to_message_id.is_not(None),
+                            MessageRow.status == QUEUED,
+                        )
+                        .values(status=DELIVERED, delivered_at=at)
+                        .returning(MessageRow.message_id)
+                        .execution_options(synchronize_session=False)
+                    ).all()
+                )
+        return changed

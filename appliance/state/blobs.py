@@ -1,0 +1,283 @@
+"""A content-addressed blob store on the local file system.
+
+Message bodies and app bundles are spilled here so the SuperLink never holds
+nodes x model bytes in memory. A blob's file name is the SHA-256 (hex) of its
+bytes, which gives deduplication (the same bytes are stored once) and integrity
+(a blob is re-hashed while it is streamed back out).
+
+Guarantees:
+
+* Writes go to a private temp file in the same directory, are fsynced, then
+  renamed atomically to ``<sha256>``: a reader never sees a partial blob.
+* More than ``max_bytes`` is refused with :class:`BlobTooLarge`; the temp file is
+  removed, nothing is stored.
+* Streaming paths (:meth:`BlobStore.put_stream`, :meth:`BlobStore.open_chunks`)
+  hold one chunk at a time in memory.
+* Files are ``0600`` and the directory ``0700``. Names are validated as SHA-256 hex
+  before any path is built, so a caller cannot escape the directory.
+
+Left to others: which blobs are still referenced (the database knows; see
+``State.gc_blobs``) and how big a blob may be (the caller's ``max_bytes``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from appliance.state.errors import BlobError, BlobNotFound, BlobTooLarge, InvalidArgument
+from appliance.state.values import BlobRef, check_sha256
+
+__all__ = ["DEFAULT_CHUNK_BYTES", "BlobStore"]
+
+#: Chunk size used when streaming a blob back out.
+DEFAULT_CHUNK_BYTES = 1024 * 1024
+_TMP_PREFIX = ".tmp-"
+
+
+class BlobStore:
+    """Content-addressed blobs in one directory.
+
+    Args:
+        directory: where blobs live; created (``0700``) if missing.
+
+    Raises:
+        BlobError: the directory cannot be created or is not a directory.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._dir = Path(directory)
+        try:
+            self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.chmod(self._dir, 0o700)
+        except OSError as exc:
+            raise BlobError(f"cannot prepare blob directory {self._dir}: {exc}") from exc
+
+    @property
+    def directory(self) -> Path:
+        """The directory holding the blobs."""
+        return self._dir
+
+    def _path(self, sha256: str) -> Path:
+        return self._dir / check_sha256(sha256)
+
+    def put_stream(self, chunks: Iterable[bytes], *, max_bytes: int) -> BlobRef:
+        """Store the concatenation of ``chunks``.
+
+        MUST hold at most one chunk in memory, MUST refuse more than ``max_bytes``
+        (removing the temp file), and MUST store identical bytes only once.
+
+        Args:
+            chunks: the bytes, in order (``bytes``, ``bytearray`` or ``memoryview``).
+            max_bytes: the most bytes accepted.
+
+        Returns:
+            The blob's SHA-256 and size.
+
+        Raises:
+            InvalidArgument: ``max_bytes`` is negative or a chunk is not bytes-like.
+            BlobTooLarge: more than ``max_bytes`` arrived.
+            BlobError: the file system failed.
+        """
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 0:
+            raise InvalidArgument(f"max_bytes must be an int >= 0, got {max_bytes!r}")
+        try:
+            fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=self._dir)
+        except OSError as exc:
+            raise BlobError(f"cannot create a temp file in {self._dir}: {exc}") from exc
+        tmp = Path(tmp_name)
+        try:
+            sha256, size = _write_chunks(fd, chunks, max_bytes)
+            self._commit(tmp, sha256)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
+            raise
+        return BlobRef(sha256=sha256, size=size)
+
+    def _commit(self, tmp: Path, sha256: str) -> None:
+        target = self._dir / sha256
+        try:
+            if target.exists():
+                tmp.unlink()
+                os.utime(target)  # a fresh reference: keep it out of an age-based gc
+            else:
+                os.replace(tmp, target)
+                _fsync_dir(self._dir)
+        except OSError as exc:
+            raise BlobError(f"cannot store blob {sha256} in {self._dir}: {exc}") from exc
+
+    def put_bytes(self, data: bytes, *, max_bytes: int | None = None) -> BlobRef:
+        """Store ``data`` (a convenience for small blobs).
+
+        Raises:
+            BlobTooLarge: ``data`` is longer than ``max_bytes``.
+            BlobError: the file system failed.
+        """
+        limit = len(data) if max_bytes is None else max_bytes
+        return self.put_stream([data], max_bytes=limit)
+
+    def open_chunks(
+        self, sha256: str, chunk_size: int = DEFAULT_CHUNK_BYTES, *, verify: bool = True
+    ) -> Iterator[bytes]:
+        """Stream a blob back out, ``chunk_size`` bytes at a time.
+
+        The file is opened before this returns, so a missing blob raises here, not on
+        the first ``next``. With ``verify`` the bytes are re-hashed as they stream and
+        the iterator raises :class:`BlobError` at the end if they do not match.
+
+        Raises:
+            InvalidArgument: ``sha256`` is not a SHA-256 hex digest or ``chunk_size < 1``.
+            BlobNotFound: no such blob.
+            BlobError: the file system failed (also raised by the iterator).
+        """
+        if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+            raise InvalidArgument(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        src = os.fdopen(self._open(sha256), "rb")
+        return _iter_file(src, sha256, chunk_size, verify)
+
+    def read_bytes(self, sha256: str) -> bytes:
+        """Return a whole blob (only for blobs known to be small).
+
+        Raises:
+            BlobNotFound: no such blob.
+            BlobError: the file system failed or the bytes do not match the name.
+        """
+        return b"".join(self.open_chunks(sha256))
+
+    def size(self, sha256: str) -> int:
+        """Return a blob's size in bytes.
+
+        Raises:
+            BlobNotFound: no such blob.
+        """
+        try:
+            return self._path(sha256).stat().st_size
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {sha256} not found") from None
+        except OSError as exc:
+            raise BlobError(f"cannot stat blob {sha256}: {exc}") from exc
+
+    def exists(self, sha256: str) -> bool:
+        """Whether a blob with this SHA-256 is stored."""
+        return self._path(sha256).is_file()
+
+    def delete(self, sha256: str) -> bool:
+        """Delete a blob; return whether it existed.
+
+        Raises:
+            BlobError: the file system failed.
+        """
+        try:
+            self._path(sha256).unlink()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise BlobError(f"cannot delete blob {sha256}: {exc}") from exc
+        return True
+
+    def list_blobs(self) -> list[str]:
+        """The SHA-256 of every stored blob, sorted."""
+        return sorted(p.name for p in self._dir.iterdir() if _is_blob_name(p.name))
+
+    def gc(self, keep: set[str], *, min_age_s: float = 0.0, now: float | None = None) -> list[str]:
+        """Delete blobs not in ``keep`` (and stale temp files).
+
+        A blob or temp file modified less than ``min_age_s`` ago is kept, so a blob
+        stored but not yet referenced by a row survives a concurrent gc.
+
+        Returns:
+            The deleted blobs' SHA-256, sorted.
+
+        Raises:
+            BlobError: the file system failed.
+        """
+        cutoff = (time.time() if now is None else now) - min_age_s
+        deleted: list[str] = []
+        try:
+            for path in self._dir.iterdir():
+                name = path.name
+                is_blob = _is_blob_name(name)
+                if not (is_blob or name.startswith(_TMP_PREFIX)) or name in keep:
+                    continue
+                try:
+                    if path.stat().st_mtime > cutoff:
+                        continue
+                    path.unlink()
+                except FileNotFoundError:
+                    continue
+                if is_blob:
+                    deleted.append(name)
+        except OSError as exc:
+            raise BlobError(f"blob gc in {self._dir} failed: {exc}") from exc
+        return sorted(deleted)
+
+    def _open(self, sha256: str) -> int:
+        path = self._path(sha256)
+        try:
+            return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            raise BlobNotFound(f"blob {sha256} not found") from None
+        except OSError as exc:
+            raise BlobError(f"cannot open blob {sha256}: {exc}") from exc
+
+
+def _is_blob_name(name: str) -> bool:
+    return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
+
+
+def _write_chunks(fd: int, chunks: Iterable[bytes], max_bytes: int) -> tuple[str, int]:
+    """Write ``chunks`` to ``fd`` unbuffered; errors of the iterator itself propagate as-is."""
+    digest = hashlib.sha256()
+    size = 0
+    with os.fdopen(fd, "wb", buffering=0) as out:
+        for chunk in chunks:
+            if not isinstance(chunk, bytes | bytearray | memoryview):
+                raise InvalidArgument(f"blob chunks must be bytes, got {type(chunk).__name__}")
+            size += len(chunk)
+            if size > max_bytes:
+                raise BlobTooLarge(f"blob exceeds the limit of {max_bytes} bytes; nothing stored")
+            digest.update(chunk)
+            try:
+                _write_all(out, memoryview(chunk))
+            except OSError as exc:
+                raise BlobError(f"cannot write blob data: {exc}") from exc
+        try:
+            os.fsync(out.fileno())
+        except OSError as exc:
+            raise BlobError(f"cannot flush blob data: {exc}") from exc
+    return digest.hexdigest(), size
+
+
+def _write_all(out: BinaryIO, data: memoryview) -> None:
+    while data:
+        written = out.write(data)
+        data = data[written:]
+
+
+def _iter_file(src: BinaryIO, sha256: str, chunk_size: int, verify: bool) -> Iterator[bytes]:
+    digest = hashlib.sha256()
+    try:
+        with src:
+            while chunk := src.read(chunk_size):
+                if verify:
+                    digest.update(chunk)
+                yield chunk
+    except OSError as exc:
+        raise BlobError(f"cannot read blob {sha256}: {exc}") from exc
+    if verify and digest.hexdigest() != sha256:
+        raise BlobError(f"blob {sha256} is corrupt: its bytes hash to {digest.hexdigest()}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,155 @@
+"""The content-addressed blob store (file system only) and blob gc through the state."""
+
+import hashlib
+import os
+import stat
+import time
+
+import pytest
+
+from appliance.state import BlobError, BlobNotFound, BlobRef, BlobStore, BlobTooLarge, RunStatus
+from appliance.state.errors import InvalidArgument
+
+MIB = 1024 * 1024
+
+
+@pytest.fixture
+def store(tmp_path):
+    return BlobStore(tmp_path / "blobs")
+
+
+def _files(store):
+    return sorted(p.name for p in store.directory.iterdir())
+
+
+def test_put_stream_is_content_addressed(store):
+    ref = store.put_stream([b"hello ", bytearray(b"wor"), memoryview(b"ld")], max_bytes=11)
+    assert ref == BlobRef(sha256=hashlib.sha256(b"hello world").hexdigest(), size=11)
+    assert _files(store) == [ref.sha256]
+    assert store.exists(ref.sha256)
+    assert store.size(ref.sha256) == 11
+    assert store.read_bytes(ref.sha256) == b"hello world"
+
+
+def test_same_bytes_are_stored_once(store):
+    a = store.put_bytes(b"x" * 1000)
+    b = store.put_stream([b"x" * 500, b"x" * 500], max_bytes=1000)
+    assert a == b
+    assert _files(store) == [a.sha256]
+
+
+def test_permissions(store):
+    ref = store.put_bytes(b"secret model")
+    assert stat.S_IMODE(store.directory.stat().st_mode) == 0o700
+    assert stat.S_IMODE((store.directory / ref.sha256).stat().st_mode) == 0o600
+
+
+def test_streams_in_chunks(store):
+    data = os.urandom(3 * MIB + 5)
+    ref = store.put_stream((data[i : i + MIB] for i in range(0, len(data), MIB)), max_bytes=4 * MIB)
+    chunks = list(store.open_chunks(ref.sha256))
+    assert [len(c) for c in chunks] == [MIB, MIB, MIB, 5]
+    assert b"".join(chunks) == data
+    assert [len(c) for c in store.open_chunks(ref.sha256, chunk_size=2 * MIB)] == [2 * MIB, MIB + 5]
+
+
+def test_put_stream_does_not_buffer_the_stream(store):
+    seen = []
+
+    def chunks():
+        for i in range(4):
+            seen.append(i)
+            # every earlier chunk is already on disk, in the temp file
+            assert sum(p.stat().st_size for p in store.directory.iterdir()) == i * 1024
+            yield b"z" * 1024
+
+    store.put_stream(chunks(), max_bytes=4096)
+    assert seen == [0, 1, 2, 3]
+
+
+def test_too_large_is_refused_and_cleaned_up(store):
+    with pytest.raises(BlobTooLarge, match="exceeds the limit of 10 bytes; nothing stored"):
+        store.put_stream([b"12345", b"67890", b"1"], max_bytes=10)
+    assert _files(store) == []
+    with pytest.raises(BlobTooLarge, match="limit of 2 bytes"):
+        store.put_bytes(b"abc", max_bytes=2)
+    assert _files(store) == []
+
+
+def test_a_failing_stream_leaves_nothing(store):
+    def chunks():
+        yield b"partial"
+        raise ConnectionError("peer went away")
+
+    with pytest.raises(ConnectionError, match="peer went away"):
+        store.put_stream(chunks(), max_bytes=100)
+    assert _files(store) == []
+
+
+def test_bad_input(store):
+    with pytest.raises(InvalidArgument, match="blob chunks must be bytes, got str"):
+        store.put_stream(["text"], max_bytes=100)
+    assert _files(store) == []
+    with pytest.raises(InvalidArgument, match="max_bytes must be an int >= 0"):
+        store.put_stream([b""], max_bytes=-1)
+    with pytest.raises(InvalidArgument, match="chunk_size must be an int >= 1"):
+        store.open_chunks("a" * 64, chunk_size=0)
+
+
+@pytest.mark.parametrize("name", ["../etc/passwd", "A" * 64, "a" * 63, "", ".tmp-x"])
+def test_names_are_validated_before_any_path_is_built(store, name):
+    with pytest.raises(InvalidArgument, match="sha256 must be 64 lowercase hex"):
+        store.open_chunks(name)
+    with pytest.raises(InvalidArgument, match="sha256 must be 64 lowercase hex"):
+        store.delete(name)
+
+
+def test_missing_blob(store):
+    missing = "0" * 64
+    assert not store.exists(missing)
+    with pytest.raises(BlobNotFound, match=f"blob {missing} not found"):
+        store.open_chunks(missing)  # raised on the call, not on the first next()
+    with pytest.raises(BlobNotFound, match=f"blob {missing} not found"):
+        store.size(missing)
+    assert store.delete(missing) is False
+
+
+def test_corruption_is_detected_while_streaming(store):
+    ref = store.put_bytes(b"original bytes")
+    (store.directory / ref.sha256).write_bytes(b"tampered bytes")
+    with pytest.raises(BlobError, match=f"blob {ref.sha256} is corrupt"):
+        b"".join(store.open_chunks(ref.sha256))
+
+
+def test_delete(store):
+    ref = store.put_bytes(b"bye")
+    assert store.delete(ref.sha256) is True
+    assert not store.exists(ref.sha256)
+
+
+def test_gc_keeps_referenced_and_young_blobs(store):
+    keep = store.put_bytes(b"keep")
+    old = store.put_bytes(b"old")
+    young = store.put_bytes(b"young")
+    stale_tmp = store.directory / ".tmp-crashed"
+    stale_tmp.write_bytes(b"half")
+    an_hour_ago = time.time() - 3600
+    for name in (keep.sha256, old.sha256, stale_tmp.name):
+        os.utime(store.directory / name, (an_hour_ago, an_hour_ago))
+    assert store.gc({keep.sha256}, min_age_s=60) == [old.sha256]
+    assert _files(store) == sorted([keep.sha256, young.sha256])
+    assert store.gc({keep.sha256}) == [young.sha256]
+    assert store.list_blobs() == [keep.sha256]
+
+
+def test_state_gc_keeps_what_rows_reference(state, make_run, make_node, request_meta):
+    run = make_run(RunStatus.RUNNING)
+    node = make_node()
+    body = state.blobs.put_bytes(b"request body")
+    orphan = state.blobs.put_bytes(b"never referenced")
+    state.queue_message(request_meta(run.run_id, node.node_id), body)
+    assert state.gc_blobs() == []  # everything is younger than the default hour
+    assert state.gc_blobs(min_age_s=0) == [orphan.sha256]
+    assert set(state.blobs.list_blobs()) == {body.sha256, run.bundle_sha256}
+    with pytest.raises(InvalidArgument, match="min_age_s must be >= 0"):
+        state.gc_blobs(min_age_s=-1)
