@@ -12,6 +12,7 @@ import logging
 import sys
 
 import click
+import grpc
 
 from appliance.errors import AppConfigError, ApplianceError
 from appliance.logs import configure_logging
@@ -27,6 +28,7 @@ EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (CertError, 4),
 ]
 EXIT_USAGE = 2
+EXIT_RPC = 5
 EXIT_INTERRUPTED = 130
 
 
@@ -43,11 +45,21 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def _register_commands() -> None:
     from appliance.cli import ca as ca_cmd
     from appliance.cli import certs as certs_cmd
+    from appliance.cli import node as node_cmd
     from appliance.cli import run as run_cmd
+    from appliance.cli import runs as runs_cmd
+    from appliance.cli import superlink as superlink_cmd
+    from appliance.cli import supernode as supernode_cmd
 
     cli.add_command(run_cmd.run)
+    cli.add_command(runs_cmd.ls)
+    cli.add_command(runs_cmd.log)
+    cli.add_command(runs_cmd.stop)
+    cli.add_command(node_cmd.node)
     cli.add_command(ca_cmd.ca)
     cli.add_command(certs_cmd.certs)
+    cli.add_command(superlink_cmd.superlink)
+    cli.add_command(supernode_cmd.supernode)
 
 
 _register_commands()
@@ -68,6 +80,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         click.echo("greenhouse: interrupted", err=True)
         return EXIT_INTERRUPTED
+    except grpc.RpcError as exc:
+        if verbose:
+            raise
+        detail = exc.details() if hasattr(exc, "details") else str(exc)
+        name = exc.code().name if hasattr(exc, "code") else "ERROR"
+        click.echo(f"greenhouse: error: the server said {name}: {detail}", err=True)
+        return EXIT_RPC
     except Exception as exc:
         for family, code in EXIT_CODES:
             if isinstance(exc, family):

@@ -1,4 +1,4 @@
-"""``greenhouse run``: run an app, locally for now (``--local``)."""
+"""``greenhouse run``: run an app locally (``--local``) or submit it to a federation."""
 
 from __future__ import annotations
 
@@ -6,13 +6,15 @@ from pathlib import Path
 
 import click
 
-from appliance.appconfig import parse_config_pairs
-from appliance.errors import AppConfigError
+from appliance.appconfig import load_app_spec, merge_run_config, parse_config_pairs
+from appliance.bundle import build_bundle
+from appliance.cli.runs import follow_run
+from appliance.federation import ControlClient, load_federation
 from appliance.local import run_local_app
 
 
 @click.command()
-@click.argument("app_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("app_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("."))
 @click.option("--local", "local", is_flag=True, help="Run in this process with logical nodes.")
 @click.option(
     "--nodes",
@@ -21,6 +23,7 @@ from appliance.local import run_local_app
     show_default=True,
     help="Number of logical nodes (with --local).",
 )
+@click.option("--federation", help="Federation to submit to (see [tool.greenhouse.federations]).")
 @click.option(
     "--run-config",
     "run_config",
@@ -28,13 +31,28 @@ from appliance.local import run_local_app
     metavar="KEY=VALUE",
     help="Override the app's run config; repeatable.",
 )
+@click.option("--detach", is_flag=True, help="Submit and return without streaming the log.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the logical node ids.")
-def run(app_dir: Path, local: bool, nodes: int, run_config: tuple[str, ...], seed: int) -> None:
-    """Run the app in APP_DIR."""
-    if not local:
-        raise AppConfigError(
-            "submitting to a federation needs a SuperLink; for now run with --local"
-        )
-    run_local_app(
-        app_dir, num_nodes=nodes, run_config_overrides=parse_config_pairs(run_config), seed=seed
-    )
+def run(
+    app_dir: Path,
+    local: bool,
+    nodes: int,
+    federation: str | None,
+    run_config: tuple[str, ...],
+    detach: bool,
+    seed: int,
+) -> None:
+    """Run the app in APP_DIR (default: the current directory)."""
+    overrides = parse_config_pairs(run_config)
+    if local:
+        run_local_app(app_dir, num_nodes=nodes, run_config_overrides=overrides, seed=seed)
+        return
+    spec = load_app_spec(app_dir)
+    config = merge_run_config(spec.config, overrides)
+    bundle = build_bundle(app_dir)
+    with ControlClient(load_federation(federation, app_dir)) as client:
+        run_id = client.submit(bundle, config, app_name=spec.name, app_version=spec.version)
+        click.echo(f"run {run_id} submitted (bundle sha256:{bundle.sha256})")
+        if detach:
+            return
+        follow_run(client, run_id)

@@ -1,0 +1,75 @@
+"""``greenhouse superlink``: run the SuperLink in the foreground."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from appliance.logs import configure_logging
+from appliance.superlink.server import SuperLink, SuperLinkConfig
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--ca", "ca", type=_FILE, required=True, help="Federation CA certificate.")
+@click.option("--cert", type=_FILE, required=True, help="SuperLink server certificate.")
+@click.option("--key", type=_FILE, required=True, help="SuperLink server key (mode 0600).")
+@click.option("--crl", type=_FILE, help="Certificate revocation list (re-read when it changes).")
+@click.option("--database", help="SQLAlchemy URL (default: SQLite in the data dir).")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("superlink-data"),
+    show_default=True,
+)
+@click.option("--fleet-address", default="127.0.0.1:9092", show_default=True)
+@click.option("--control-address", default="127.0.0.1:9093", show_default=True)
+@click.option(
+    "--node-grace",
+    "node_grace_s",
+    type=float,
+    default=3.0,
+    show_default=True,
+    help="Seconds a node may be offline before its pending work fails.",
+)
+def superlink(
+    ca: Path,
+    cert: Path,
+    key: Path,
+    crl: Path | None,
+    database: str | None,
+    data_dir: Path,
+    fleet_address: str,
+    control_address: str,
+    node_grace_s: float,
+) -> None:
+    """Serve the Fleet API (SuperNodes) and the Control API (users) over mTLS."""
+    configure_logging("json", level=logging.INFO)
+    link = SuperLink(
+        SuperLinkConfig(
+            ca_certificate=ca,
+            certificate=cert,
+            key=key,
+            crl=crl,
+            database=database,
+            data_dir=data_dir,
+            fleet_address=fleet_address,
+            control_address=control_address,
+            node_grace_s=node_grace_s,
+        )
+    )
+
+    def shutdown(signum: int, _frame: FrameType | None) -> None:
+        link.stop_async()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    link.start()
+    click.echo(f"superlink ready: fleet {link.fleet_port}, control {link.control_port}", err=True)
+    link.wait()
+    link.stop()

@@ -1,0 +1,66 @@
+"""``greenhouse supernode``: run a site's SuperNode in the foreground."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from pathlib import Path
+from types import FrameType
+
+import click
+
+from appliance.appconfig import parse_config_pairs
+from appliance.logs import configure_logging
+from appliance.supernode.node import SuperNode, SuperNodeConfig
+
+_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
+
+
+@click.command()
+@click.option("--superlink", "address", required=True, help="HOST:PORT of the Fleet API.")
+@click.option("--ca", "ca", type=_FILE, required=True, help="Federation CA certificate.")
+@click.option("--cert", type=_FILE, required=True, help="This node's certificate.")
+@click.option("--key", type=_FILE, required=True, help="This node's TLS key (mode 0600).")
+@click.option("--signing-key", type=_FILE, required=True, help="This node's Ed25519 signing key.")
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("supernode-data"),
+    show_default=True,
+)
+@click.option(
+    "--node-config",
+    "node_config",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Site settings passed to the ClientApp as context.node_config; repeatable.",
+)
+def supernode(
+    address: str,
+    ca: Path,
+    cert: Path,
+    key: Path,
+    signing_key: Path,
+    data_dir: Path,
+    node_config: tuple[str, ...],
+) -> None:
+    """Dial out to the SuperLink and run ClientApps for it (no inbound port)."""
+    configure_logging("json", level=logging.INFO)
+    node = SuperNode(
+        SuperNodeConfig(
+            superlink=address,
+            ca_certificate=ca,
+            certificate=cert,
+            key=key,
+            signing_key=signing_key,
+            data_dir=data_dir,
+            node_config=parse_config_pairs(node_config),
+        )
+    )
+
+    def shutdown(signum: int, _frame: FrameType | None) -> None:
+        node.stop()
+
+    signal.signal(signal.SIGTERM, shutdown)
+    signal.signal(signal.SIGINT, shutdown)
+    node.run()

@@ -1,0 +1,136 @@
+"""AppIo API servicer: what a run's ServerApp subprocess may do, and nothing more.
+
+Every call is authenticated by the run's secret token (``gh-run-token`` metadata)
+and confined to that run: messages it pushes are stamped with its run id and the
+server as source; it can only receive replies of its own run. Replies stream back
+the moment they are stored (the run's :class:`ReplySignal` wakes the stream), one
+at a time, each read from the blob store in chunks.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import grpc
+
+from appliance.message import SERVER_NODE_ID
+from appliance.proto import appio_pb2 as pb
+from appliance.proto import appio_pb2_grpc
+from appliance.state import BlobRef, State, StoredMessage
+from appliance.superlink.appio_grid import TOKEN_HEADER
+from appliance.superlink.hub import Hub
+from appliance.superlink.runs import RunLauncher
+from appliance.wire import decode_metadata, encode_metadata
+
+__all__ = ["AppIoServicer"]
+
+#: Longest single wait inside a Receive stream before re-checking the caller.
+_WAIT_SLICE_S = 1.0
+
+
+class AppIoServicer(appio_pb2_grpc.AppIoServicer):
+    """Serves the AppIo API to ServerApp subprocesses."""
+
+    def __init__(
+        self, state: State, hub: Hub, launcher: RunLauncher, *, max_message_bytes: int
+    ) -> None:
+        self._state = state
+        self._hub = hub
+        self._launcher = launcher
+        self._max_message_bytes = max_message_bytes
+
+    def _run_id(self, context: grpc.ServicerContext) -> int:
+        token = dict(context.invocation_metadata()).get(TOKEN_HEADER)
+        run_id = self._launcher.run_for_token(token) if isinstance(token, str) else None
+        if run_id is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown run token")
+        return run_id  # type: ignore[return-value]
+
+    def GetRun(self, request: pb.GetRunRequest, context: grpc.ServicerContext) -> pb.GetRunResponse:
+        run_id = self._run_id(context)
+        run = self._state.get_run(run_id)
+        self._launcher.mark_running(run_id)
+        return pb.GetRunResponse(
+            run_id=run.run_id, run_config_json=run.run_config_json, bundle_sha256=run.bundle_sha256
+        )
+
+    def GetNodes(
+        self, request: pb.GetNodesRequest, context: grpc.ServicerContext
+    ) -> pb.GetNodesResponse:
+        self._run_id(context)
+        return pb.GetNodesResponse(node_ids=self._state.online_node_ids())
+
+    def PushContent(
+        self, request_iterator: Iterator[pb.ContentChunk], context: grpc.ServicerContext
+    ) -> pb.PushContentResponse:
+        self._run_id(context)
+        blob = self._state.blobs.put_stream(
+            (chunk.data for chunk in request_iterator), max_bytes=self._max_message_bytes
+        )
+        return pb.PushContentResponse(content_ref=blob.sha256, size=blob.size)
+
+    def PushMessages(
+        self, request: pb.PushMessagesRequest, context: grpc.ServicerContext
+    ) -> pb.PushMessagesResponse:
+        run_id = self._run_id(context)
+        ids: list[str] = []
+        for outgoing in request.messages:
+            meta = decode_metadata(outgoing.metadata)
+            if meta.run_id != run_id or meta.src_node_id != SERVER_NODE_ID:
+                context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"message {meta.message_id} is not a request of run {run_id}",
+                )
+            content = None
+            if outgoing.content_ref:
+                content = BlobRef(
+                    sha256=outgoing.content_ref, size=self._state.blobs.size(outgoing.content_ref)
+                )
+            stored = self._state.queue_message(meta, content)
+            self._hub.notify_message(stored.dst_node_id, stored.message_id, run_id)
+            ids.append(stored.message_id)
+        return pb.PushMessagesResponse(message_ids=ids)
+
+    def Receive(
+        self, request: pb.ReceiveRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ReceivedChunk]:
+        run_id = self._run_id(context)
+        remaining = set(request.message_ids)
+        deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
+        signal = self._hub.replies(run_id)
+        while remaining and context.is_active():
+            version = signal.version
+            for reply in self._state.replies_for(run_id, remaining):
+                yield from self._stream_reply(reply)
+                self._state.mark_replies_delivered([reply.message_id])
+                remaining.discard(reply.reply_to_message_id)
+            if not remaining:
+                return
+            wait = (
+                _WAIT_SLICE_S
+                if deadline is None
+                else min(deadline - time.monotonic(), _WAIT_SLICE_S)
+            )
+            if wait <= 0:
+                return
+            signal.wait_past(version, wait)
+
+    def _stream_reply(self, reply: StoredMessage) -> Iterator[pb.ReceivedChunk]:
+        head = pb.ReplyHead(metadata=encode_metadata(reply.metadata()))
+        if reply.error_code is not None:
+            head.is_error = True
+            head.error_code = reply.error_code
+            head.error_reason = reply.error_reason or ""
+            yield pb.ReceivedChunk(head=head)
+            return
+        head.content_size = reply.content.size if reply.content else 0
+        yield pb.ReceivedChunk(head=head)
+        if reply.content is not None:
+            for chunk in self._state.blobs.open_chunks(reply.content.sha256):
+                yield pb.ReceivedChunk(data=chunk)
+
+    def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.FinishResponse:
+        run_id = self._run_id(context)
+        self._launcher.report(run_id, failed=request.failed, reason=request.reason)
+        return pb.FinishResponse()

@@ -1,0 +1,200 @@
+"""Control API servicer: users submit, watch and stop runs; admins enrol nodes.
+
+Roles come from the caller's certificate (checked by the auth interceptor's method
+table); this servicer adds ownership: a data scientist sees and stops only the runs
+they submitted, while auditors and federation admins may read every run.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES
+from appliance.logs import get_logger
+from appliance.proto import control_pb2 as pb
+from appliance.proto import control_pb2_grpc
+from appliance.state import Node, Run, RunStatus, State
+from appliance.superlink.runs import RunLauncher
+from certs.grpc_auth import identity_from_context
+from certs.identity import Identity
+from certs.roles import Role
+
+__all__ = ["ControlServicer", "NodeCertificateCheck"]
+
+_log = get_logger("appliance.superlink.control")
+#: Verifies a node certificate (PEM) against the federation CA; returns its identity.
+NodeCertificateCheck = Callable[[bytes], Identity]
+_READ_ALL = frozenset({Role.AUDITOR, Role.FEDERATION_ADMIN})
+_LOG_FOLLOW_INTERVAL_S = 0.2
+
+
+def _run_info(run: Run) -> pb.RunInfo:
+    return pb.RunInfo(
+        run_id=run.run_id,
+        owner=run.owner,
+        status=run.status.value,
+        reason=run.reason or "",
+        bundle_sha256=run.bundle_sha256,
+        created_at=run.created_at,
+        started_at=run.started_at or 0.0,
+        finished_at=run.finished_at or 0.0,
+        run_config_json=run.run_config_json,
+    )
+
+
+def _node_info(node: Node) -> pb.NodeInfo:
+    return pb.NodeInfo(
+        node_id=node.node_id,
+        name=node.name,
+        cert_fingerprint=node.cert_fingerprint,
+        signing_key_fingerprint=node.signing_key_fingerprint,
+        online=node.online,
+        last_seen_at=node.last_seen_at or 0.0,
+        enrolled_at=node.enrolled_at,
+    )
+
+
+def _parse_run_config(text: str) -> dict[str, bool | int | float | str]:
+    try:
+        config = json.loads(text or "{}")
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"run config is not JSON: {exc}") from None
+    if not isinstance(config, dict) or not all(
+        isinstance(k, str) and isinstance(v, bool | int | float | str) for k, v in config.items()
+    ):
+        raise ValueError("run config must be a JSON object of bool, int, float or string values")
+    return config
+
+
+class ControlServicer(control_pb2_grpc.ControlServicer):
+    """Serves the Control API to users."""
+
+    def __init__(
+        self,
+        state: State,
+        launcher: RunLauncher,
+        *,
+        check_node_certificate: NodeCertificateCheck,
+        max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
+    ) -> None:
+        self._state = state
+        self._launcher = launcher
+        self._check_node_certificate = check_node_certificate
+        self._max_bundle_bytes = max_bundle_bytes
+
+    def _visible_run(self, run_id: int, context: grpc.ServicerContext) -> tuple[Identity, Run]:
+        identity = identity_from_context(context)
+        run = self._state.get_run(run_id)
+        if identity.role not in _READ_ALL and run.owner != identity.name:
+            # Same answer as for a missing run: do not reveal other users' run ids.
+            context.abort(grpc.StatusCode.NOT_FOUND, f"run {run_id} not found")
+        return identity, run
+
+    def SubmitRun(
+        self, request_iterator: Iterator[pb.SubmitRunChunk], context: grpc.ServicerContext
+    ) -> pb.SubmitRunResponse:
+        identity = identity_from_context(context)
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("head"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a submission must start with its head")
+        head = first.head
+        try:
+            run_config = _parse_run_config(head.run_config_json)
+        except ValueError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        bundle = self._state.put_bundle(
+            (chunk.data for chunk in request_iterator), max_bytes=self._max_bundle_bytes
+        )
+        if bundle.sha256 != head.bundle_sha256:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"bundle arrived with SHA-256 {bundle.sha256}, "
+                f"the head declared {head.bundle_sha256}",
+            )
+        options = {"app_name": head.app_name, "app_version": head.app_version}
+        run = self._state.create_run(identity.name, bundle.sha256, run_config, options)
+        _log.info("run submitted", run_id=run.run_id, owner=identity.name, bundle=bundle.sha256)
+        try:
+            self._launcher.start(run.run_id)
+        except Exception as exc:
+            self._state.transition_run(run.run_id, RunStatus.FAILED, f"could not start: {exc}")
+            raise
+        return pb.SubmitRunResponse(run_id=run.run_id)
+
+    def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRunsResponse:
+        identity = identity_from_context(context)
+        if request.run_id:
+            _, run = self._visible_run(request.run_id, context)
+            return pb.ListRunsResponse(runs=[_run_info(run)])
+        owner = None if identity.role in _READ_ALL else identity.name
+        return pb.ListRunsResponse(runs=[_run_info(r) for r in self._state.list_runs(owner)])
+
+    def StreamLogs(
+        self, request: pb.StreamLogsRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.LogLine]:
+        self._visible_run(request.run_id, context)
+        after = request.after_seq
+        while context.is_active():
+            lines = self._state.read_log(request.run_id, after_seq=after, limit=1000)
+            for line in lines:
+                yield pb.LogLine(
+                    seq=line.seq,
+                    created_at=line.created_at,
+                    stream=line.stream.value,
+                    text=line.text,
+                )
+                after = line.seq
+            if lines:
+                continue
+            if not request.follow or self._state.get_run(request.run_id).status.is_terminal:
+                if not self._state.read_log(request.run_id, after_seq=after, limit=1):
+                    return
+                continue
+            time.sleep(_LOG_FOLLOW_INTERVAL_S)
+
+    def StopRun(
+        self, request: pb.StopRunRequest, context: grpc.ServicerContext
+    ) -> pb.StopRunResponse:
+        identity, run = self._visible_run(request.run_id, context)
+        if run.owner != identity.name and identity.role is not Role.FEDERATION_ADMIN:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                "only the run's owner or a federation admin may stop it",
+            )
+        if run.status.is_terminal:
+            return pb.StopRunResponse(status=run.status.value)
+        reason = f"stopped by {identity.name}"
+        if not self._launcher.stop(run.run_id, reason):
+            self._state.transition_run(run.run_id, RunStatus.STOPPED, reason)
+        return pb.StopRunResponse(status=RunStatus.STOPPED.value)
+
+    def AddNode(self, request: pb.AddNodeRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
+        admin = identity_from_context(context)
+        node_identity = self._check_node_certificate(request.certificate_pem)
+        node = self._state.enrol_node(
+            node_identity.name,
+            node_identity.certificate_fingerprint,
+            node_identity.signing_key_fingerprint or "",
+            enrolled_by=admin.name,
+        )
+        _log.info("node enrolled", node=node.name, by=admin.name)
+        return _node_info(node)
+
+    def RemoveNode(
+        self, request: pb.RemoveNodeRequest, context: grpc.ServicerContext
+    ) -> pb.RemoveNodeResponse:
+        admin = identity_from_context(context)
+        self._state.remove_node(request.name)
+        _log.info("node removed", node=request.name, by=admin.name)
+        return pb.RemoveNodeResponse()
+
+    def ListNodes(
+        self, request: pb.ListNodesRequest, context: grpc.ServicerContext
+    ) -> pb.ListNodesResponse:
+        return pb.ListNodesResponse(nodes=[_node_info(n) for n in self._state.list_nodes()])

@@ -1,0 +1,214 @@
+"""Fleet API servicer: enrolled SuperNodes pull work and push signed replies.
+
+The auth interceptor (``certs.grpc_auth``) has already verified the caller's
+certificate, role, enrolment and request signature; this servicer maps the
+verified identity to its node record and confines the node to its own messages.
+A node is online exactly while its ``Subscribe`` stream is open.
+
+A reply is admitted only after: its metadata names this node as source and the
+server as destination; its content arrived within the size limit and is a valid
+record-dict frame (checked in place from the blob file, never held whole in
+memory); and its signature — a ``certs`` envelope of kind REPLY over the reply
+digest — verifies with the signing key bound in the node's certificate and is
+fresh. The signature is stored with the reply, so it stays attributable.
+"""
+
+from __future__ import annotations
+
+import mmap
+import queue
+from collections.abc import Callable, Iterator
+
+import grpc
+
+from appliance.logs import get_logger
+from appliance.message import SERVER_NODE_ID
+from appliance.proto import fleet_pb2 as pb
+from appliance.proto import fleet_pb2_grpc
+from appliance.state import BlobRef, Node, State
+from appliance.superlink.hub import Hub
+from appliance.transport import reply_digest
+from appliance.wire import decode_metadata, decode_record_dict, encode_metadata
+from certs.grpc_auth import identity_from_context
+from certs.identity import Identity
+from certs.signing import EnvelopeKind, RequestVerifier, SignedEnvelope
+
+__all__ = ["PUSH_REPLY_METHOD", "FleetServicer"]
+
+_log = get_logger("appliance.superlink.fleet")
+PUSH_REPLY_METHOD = "/greenhouse.fleet.v1.Fleet/PushReply"
+
+#: Called with a node id when its subscription ends (the SuperLink starts its grace timer).
+DisconnectHook = Callable[[int], None]
+
+
+class FleetServicer(fleet_pb2_grpc.FleetServicer):
+    """Serves the Fleet API to SuperNodes."""
+
+    def __init__(
+        self,
+        state: State,
+        hub: Hub,
+        *,
+        verifier: RequestVerifier,
+        keepalive_s: float,
+        max_message_bytes: int,
+        on_disconnect: DisconnectHook,
+    ) -> None:
+        self._state = state
+        self._hub = hub
+        self._verifier = verifier
+        self._keepalive_s = keepalive_s
+        self._max_message_bytes = max_message_bytes
+        self._on_disconnect = on_disconnect
+
+    def _caller(self, context: grpc.ServicerContext) -> tuple[Identity, Node]:
+        identity = identity_from_context(context)
+        node = self._state.find_node_by_fingerprint(identity.certificate_fingerprint)
+        if node is None:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED, f"node {identity.name!r} is not enrolled"
+            )
+        return identity, node  # type: ignore[return-value]
+
+    def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloResponse:
+        _, node = self._caller(context)
+        self._state.touch_node(node.node_id)
+        return pb.HelloResponse(
+            node_id=node.node_id, node_name=node.name, keepalive_s=self._keepalive_s
+        )
+
+    def Subscribe(
+        self, request: pb.SubscribeRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.FleetEvent]:
+        _, node = self._caller(context)
+        inbox = self._hub.subscribe(node.node_id)
+        self._state.set_node_online(node.node_id, True)
+        _log.info("node connected", node=node.name, node_id=node.node_id)
+
+        def disconnect() -> None:
+            if self._hub.unsubscribe(inbox):
+                self._state.set_node_online(node.node_id, False)
+                _log.info("node disconnected", node=node.name, node_id=node.node_id)
+                self._on_disconnect(node.node_id)
+
+        context.add_callback(disconnect)
+        try:
+            for waiting in self._state.queued_for_node(node.node_id, limit=10_000):
+                yield pb.FleetEvent(
+                    message=pb.MessageAvailable(
+                        message_id=waiting.message_id, run_id=waiting.run_id
+                    )
+                )
+            while context.is_active() and not inbox.closed.is_set():
+                try:
+                    event = inbox.events.get(timeout=self._keepalive_s)
+                except queue.Empty:
+                    self._state.touch_node(node.node_id)
+                    event = pb.FleetEvent(keepalive=pb.Keepalive())
+                if inbox.closed.is_set():
+                    break
+                yield event
+        finally:
+            disconnect()
+
+    def PullMessage(
+        self, request: pb.PullMessageRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.MessageChunk]:
+        _, node = self._caller(context)
+        stored = self._state.mark_delivered(request.message_id, node.node_id)
+        run = self._state.get_run(stored.run_id)
+        head = pb.MessageHead(
+            metadata=encode_metadata(stored.metadata()),
+            content_size=stored.content.size if stored.content else 0,
+            run=pb.RunContext(
+                run_id=run.run_id,
+                bundle_sha256=run.bundle_sha256,
+                run_config_json=run.run_config_json,
+            ),
+        )
+        yield pb.MessageChunk(head=head)
+        if stored.content is not None:
+            for chunk in self._state.blobs.open_chunks(stored.content.sha256):
+                yield pb.MessageChunk(data=chunk)
+
+    def PushReply(
+        self, request_iterator: Iterator[pb.ReplyChunk], context: grpc.ServicerContext
+    ) -> pb.PushReplyResponse:
+        identity, node = self._caller(context)
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("head"):
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "a reply stream must start with its head"
+            )
+        head = first.head
+        meta = decode_metadata(head.metadata)
+        if meta.src_node_id != node.node_id or meta.dst_node_id != SERVER_NODE_ID:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {node.node_id} may only send replies from itself to the server",
+            )
+        content: BlobRef | None = None
+        content_sha256 = b""
+        if not head.is_error:
+            if head.content_size > self._max_message_bytes:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"reply of {head.content_size} bytes exceeds the limit of "
+                    f"{self._max_message_bytes}",
+                )
+            content = self._state.blobs.put_stream(
+                (chunk.data for chunk in request_iterator), max_bytes=head.content_size
+            )
+            if content.size != head.content_size:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"reply content is {content.size} bytes, its head declared {head.content_size}",
+                )
+            self._check_frame(content)
+            content_sha256 = bytes.fromhex(content.sha256)
+        digest = reply_digest(
+            head.metadata,
+            is_error=head.is_error,
+            error_code=head.error_code,
+            error_reason=head.error_reason,
+            content_sha256=content_sha256,
+        )
+        envelope = SignedEnvelope.parse(head.signature)
+        assert identity.signing_key is not None  # node certificates always bind one
+        self._verifier.verify(
+            envelope,
+            kind=EnvelopeKind.REPLY,
+            method=PUSH_REPLY_METHOD,
+            body=digest,
+            signing_key=identity.signing_key,
+        )
+        error = (head.error_code, head.error_reason) if head.is_error else None
+        stored = self._state.store_reply(meta, content, error, head.signature)
+        self._hub.replies(stored.run_id).bump()
+        return pb.PushReplyResponse(message_id=stored.message_id)
+
+    def _check_frame(self, content: BlobRef) -> None:
+        """Decode the stored reply in place (copy-on-write map): a bad frame raises WireError."""
+        if content.size == 0:
+            decode_record_dict(b"")
+        path = self._state.blobs.directory / content.sha256
+        with path.open("rb") as file:
+            view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_COPY)
+        # No explicit close: decoded arrays may still export the map while an error
+        # unwinds; it is unmapped when the last reference goes.
+        decode_record_dict(memoryview(view))
+
+    def GetBundle(
+        self, request: pb.GetBundleRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.BundleChunk]:
+        self._caller(context)
+        run = self._state.get_run(request.run_id)
+        if run.status.is_terminal:
+            context.abort(
+                grpc.StatusCode.FAILED_PRECONDITION, f"run {run.run_id} is {run.status.value}"
+            )
+        bundle = self._state.get_bundle(run.bundle_sha256)
+        yield pb.BundleChunk(head=pb.BundleHead(sha256=bundle.sha256, size=bundle.size))
+        for chunk in self._state.open_bundle(bundle.sha256):
+            yield pb.BundleChunk(data=chunk)

@@ -1,0 +1,311 @@
+"""The SuperLink process: Fleet, Control and AppIo APIs over one persistent state.
+
+Composition only. Every Fleet and Control call passes the error translator and the
+``certs`` auth interceptor (mTLS identity, role per method — unlisted methods are
+refused — CRL on every call, enrolment for nodes, signed node requests). The AppIo
+API listens on 127.0.0.1 only and admits a ServerApp by its run's secret token.
+
+At start the state is recovered (every in-flight run of a previous process is
+failed with "superlink restarted", every node offline). A sweeper answers, on the
+nodes' behalf, requests whose TTL ran out and requests held by a node that stayed
+offline longer than the grace period, so a ServerApp learns of a dead node within
+seconds instead of waiting for its whole timeout.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import grpc
+
+from appliance.logs import get_logger
+from appliance.message import ErrorCode
+from appliance.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
+from appliance.state import AlreadyReplied, State
+from appliance.superlink.appio import AppIoServicer
+from appliance.superlink.control import ControlServicer
+from appliance.superlink.errors import ErrorTranslator
+from appliance.superlink.fleet import FleetServicer
+from appliance.superlink.hub import Hub
+from appliance.superlink.runs import RunLauncher
+from certs import (
+    AuthInterceptor,
+    CrlFile,
+    Identity,
+    ReloadingServerCredentials,
+    RevocationList,
+    Role,
+    ServerTLSFiles,
+    allow,
+    load_certificate,
+)
+from certs.signing import RequestVerifier
+from certs.verify import expiry_warning, verify_certificate
+
+__all__ = ["CONTROL_METHODS", "FLEET_METHODS", "SuperLink", "SuperLinkConfig"]
+
+_log = get_logger("appliance.superlink")
+_FLEET = "/greenhouse.fleet.v1.Fleet/"
+_CONTROL = "/greenhouse.control.v1.Control/"
+FLEET_METHODS = {
+    _FLEET + name: allow(Role.NODE)
+    for name in ("Hello", "Subscribe", "PullMessage", "PushReply", "GetBundle")
+}
+_READERS = (Role.DATA_SCIENTIST, Role.AUDITOR, Role.FEDERATION_ADMIN)
+CONTROL_METHODS = {
+    _CONTROL + "SubmitRun": allow(Role.DATA_SCIENTIST),
+    _CONTROL + "ListRuns": allow(*_READERS),
+    _CONTROL + "StreamLogs": allow(*_READERS),
+    _CONTROL + "StopRun": allow(Role.DATA_SCIENTIST, Role.FEDERATION_ADMIN),
+    _CONTROL + "AddNode": allow(Role.FEDERATION_ADMIN),
+    _CONTROL + "RemoveNode": allow(Role.FEDERATION_ADMIN),
+    _CONTROL + "ListNodes": allow(Role.FEDERATION_ADMIN, Role.AUDITOR),
+}
+
+
+@dataclass(frozen=True)
+class SuperLinkConfig:
+    """Everything a SuperLink needs to start."""
+
+    ca_certificate: Path
+    certificate: Path
+    key: Path
+    data_dir: Path
+    crl: Path | None = None
+    database: str | None = None
+    fleet_address: str = "127.0.0.1:9092"
+    control_address: str = "127.0.0.1:9093"
+    appio_host: str = "127.0.0.1"
+    max_message_bytes: int = 2 * 2**30
+    keepalive_s: float = 10.0
+    node_grace_s: float = 3.0
+    replay_window_s: float = 60.0
+    sweep_interval_s: float = 0.5
+    max_workers: int = 128
+
+
+def _grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    # Bodies are chunked (appliance.transport), so per-message limits stay small.
+    return [
+        ("grpc.max_receive_message_length", 8 * 2**20),
+        ("grpc.max_send_message_length", 8 * 2**20),
+        ("grpc.keepalive_time_ms", 20_000),
+        ("grpc.keepalive_timeout_ms", 10_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def _no_revocations() -> RevocationList:
+    now = datetime.now(UTC)
+    return RevocationList(serials=frozenset(), this_update=now, next_update=now + timedelta(days=1))
+
+
+class SuperLink:
+    """A running SuperLink. Call :meth:`start`, later :meth:`stop`."""
+
+    def __init__(self, config: SuperLinkConfig) -> None:
+        self.config = config
+        self._ca_cert = load_certificate(config.ca_certificate)
+        self._tls = ReloadingServerCredentials(
+            ServerTLSFiles(
+                certificate=config.certificate, key=config.key, ca_certificate=config.ca_certificate
+            )
+        )
+        if config.crl is not None:
+            self._crl = CrlFile(config.crl, ca_cert=self._ca_cert)
+        else:
+            _log.warning("no CRL configured: revoked certificates cannot be refused; pass --crl")
+            self._crl = _no_revocations  # type: ignore[assignment]
+        self.state = State.open(config.database, data_dir=config.data_dir)
+        self.hub = Hub()
+        self._offline_since: dict[int, float] = {}
+        self._offline_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._servers: list[grpc.Server] = []
+        self._sweeper: threading.Thread | None = None
+        self.fleet_port = self.control_port = self.appio_port = 0
+
+    # -- helpers used by the servicers -------------------------------------------------
+
+    def _is_enrolled(self, identity: Identity) -> bool:
+        if identity.role is not Role.NODE:
+            return True
+        return self.state.find_node_by_fingerprint(identity.certificate_fingerprint) is not None
+
+    def _check_node_certificate(self, pem: bytes) -> Identity:
+        from cryptography import x509
+
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError as exc:
+            raise ValueError(f"not a PEM certificate: {exc}") from None
+        return verify_certificate(
+            cert,
+            ca_cert=self._ca_cert,
+            now=datetime.now(UTC),
+            revocations=self._crl(),
+            roles={Role.NODE},
+        )
+
+    def _node_went_offline(self, node_id: int) -> None:
+        with self._offline_lock:
+            self._offline_since.setdefault(node_id, time.monotonic())
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _server(self, name: str) -> grpc.Server:
+        return grpc.server(
+            ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix=name),
+            options=_grpc_options(self.config.max_message_bytes),
+            maximum_concurrent_rpcs=self.config.max_workers * 4,
+        )
+
+    def start(self) -> None:
+        """Recover the state, bind the three APIs and start the sweeper."""
+        recovery = self.state.recover_after_restart()
+        if recovery.failed_run_ids:
+            _log.warning("runs failed by the restart", run_ids=list(recovery.failed_run_ids))
+        warning = expiry_warning(self._tls.certificate, datetime.now(UTC))
+        if warning:
+            _log.warning("server certificate expiring", detail=warning)
+        cfg = self.config
+        appio = self._server("appio")
+        self.appio_port = appio.add_insecure_port(f"{cfg.appio_host}:0")
+        self.launcher = RunLauncher(
+            self.state,
+            self.hub,
+            runs_dir=cfg.data_dir.resolve() / "runs",
+            appio_address=f"{cfg.appio_host}:{self.appio_port}",
+            max_message_bytes=cfg.max_message_bytes,
+        )
+        appio_pb2_grpc.add_AppIoServicer_to_server(
+            AppIoServicer(
+                self.state, self.hub, self.launcher, max_message_bytes=cfg.max_message_bytes
+            ),
+            appio,
+        )
+        verifier = RequestVerifier(window_s=cfg.replay_window_s)
+        fleet = self._secure_server("fleet", FLEET_METHODS, verifier)
+        fleet_pb2_grpc.add_FleetServicer_to_server(
+            FleetServicer(
+                self.state,
+                self.hub,
+                verifier=verifier,
+                keepalive_s=cfg.keepalive_s,
+                max_message_bytes=cfg.max_message_bytes,
+                on_disconnect=self._node_went_offline,
+            ),
+            fleet,
+        )
+        self.fleet_port = fleet.add_secure_port(cfg.fleet_address, self._tls.credentials())
+        control = self._secure_server("control", CONTROL_METHODS, verifier)
+        control_pb2_grpc.add_ControlServicer_to_server(
+            ControlServicer(
+                self.state, self.launcher, check_node_certificate=self._check_node_certificate
+            ),
+            control,
+        )
+        self.control_port = control.add_secure_port(cfg.control_address, self._tls.credentials())
+        for server in (appio, fleet, control):
+            server.start()
+        self._servers = [fleet, control, appio]
+        self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
+        self._sweeper.start()
+        _log.info(
+            "superlink started",
+            fleet=self.fleet_port,
+            control=self.control_port,
+            appio=self.appio_port,
+            backend=self.state.backend,
+        )
+
+    def _secure_server(
+        self, name: str, methods: dict[str, object], verifier: RequestVerifier
+    ) -> grpc.Server:
+        auth = AuthInterceptor(
+            methods,  # type: ignore[arg-type]
+            ca_cert=self._ca_cert,
+            crl_source=self._crl,
+            is_enrolled=self._is_enrolled,
+            request_verifier=verifier,
+            on_refusal=lambda refusal: _log.warning(
+                "call refused", method=refusal.method, peer=refusal.peer, reason=refusal.reason
+            ),
+        )
+        return grpc.server(
+            ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix=name),
+            options=_grpc_options(self.config.max_message_bytes),
+            interceptors=[ErrorTranslator(), auth],
+            maximum_concurrent_rpcs=self.config.max_workers * 4,
+        )
+
+    def stop(self, grace_s: float = 2.0) -> None:
+        """Stop serving, stop every ServerApp, close the state."""
+        self._stopping.set()
+        self.hub.close_all()
+        for server in self._servers:
+            server.stop(grace_s)
+        if hasattr(self, "launcher"):
+            self.launcher.shutdown()
+        if self._sweeper is not None:
+            self._sweeper.join(timeout=5)
+        self.state.close()
+        _log.info("superlink stopped")
+
+    def wait(self) -> None:
+        """Block until :meth:`stop` or :meth:`stop_async` is called."""
+        self._stopping.wait()
+
+    def stop_async(self) -> None:
+        """Ask :meth:`wait` to return (safe in a signal handler); then call :meth:`stop`."""
+        self._stopping.set()
+
+    # -- sweeping ------------------------------------------------------------------------
+
+    def _sweep_loop(self) -> None:
+        while not self._stopping.wait(self.config.sweep_interval_s):
+            try:
+                self._sweep()
+            except Exception:
+                _log.exception("sweep failed")
+
+    def _answer(self, request_id: str, run_id: int, code: ErrorCode, reason: str) -> None:
+        try:
+            self.state.store_synthetic_error_reply(request_id, int(code), reason)
+        except AlreadyReplied:
+            return
+        self.hub.replies(run_id).bump()
+
+    def _sweep(self) -> None:
+        for expired in self.state.expire_messages():
+            self._answer(
+                expired.message_id,
+                expired.run_id,
+                ErrorCode.MESSAGE_EXPIRED,
+                "message expired before its node replied",
+            )
+        now = time.monotonic()
+        with self._offline_lock:
+            gone = [
+                n for n, t in self._offline_since.items() if now - t >= self.config.node_grace_s
+            ]
+            for node_id in gone:
+                del self._offline_since[node_id]
+        for node_id in gone:
+            if self.hub.is_connected(node_id):
+                continue
+            held = self.state.requests_in_flight_for_node(node_id)
+            held += self.state.queued_for_node(node_id, limit=10_000)
+            for request in held:
+                self._answer(
+                    request.message_id,
+                    request.run_id,
+                    ErrorCode.NODE_UNAVAILABLE,
+                    f"node {node_id} went offline",
+                )

@@ -1,0 +1,171 @@
+"""The SuperNode's side of a run's ClientApp subprocess.
+
+:class:`ClientAppProcess` starts the subprocess lazily (on the run's first message),
+feeds it one message at a time and waits for the reply up to a deadline. Whatever
+happens to the subprocess — it crashes, hangs or answers garbage — the SuperNode
+gets a reply to send: an error reply naming what went wrong. A crashed process is
+started again for the next message (its ``state`` is lost, and the error says so).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from appliance.clientapp import ErrorDetail
+from appliance.context import UserConfig
+from appliance.errors import ApplianceError
+from appliance.logs import get_logger
+from appliance.message import Error, ErrorCode, Message
+from appliance.supernode.clientapp_process import ENV_CONTEXT, ENV_IN_FD, ENV_OUT_FD
+from appliance.wire import WireError, decode_message, encode_message
+
+__all__ = ["ClientAppProcess"]
+
+_LENGTH = struct.Struct(">Q")
+_log = get_logger("appliance.supernode.clientapp")
+#: Environment variables a ClientApp subprocess inherits; everything else is scrubbed.
+INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS")
+
+
+class _ChildFailed(ApplianceError):
+    pass
+
+
+def _read_exactly(fd: int, count: int, deadline: float) -> bytearray:
+    buffer = bytearray()
+    while len(buffer) < count:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        ready, _, _ = select.select([fd], [], [], remaining)
+        if not ready:
+            raise TimeoutError
+        chunk = os.read(fd, min(count - len(buffer), 4 * 1024 * 1024))
+        if not chunk:
+            raise _ChildFailed("the ClientApp process closed its pipe")
+        buffer += chunk
+    return buffer
+
+
+class ClientAppProcess:
+    """One run's ClientApp subprocess on this node."""
+
+    def __init__(
+        self,
+        app_dir: Path,
+        *,
+        run_id: int,
+        node_id: int,
+        node_config: UserConfig,
+        run_config: UserConfig,
+        work_dir: Path,
+        max_message_bytes: int,
+        error_detail: ErrorDetail = ErrorDetail.MESSAGE,
+        extra_env: Mapping[str, str] | None = None,
+    ) -> None:
+        self._app_dir = app_dir
+        self._settings = {
+            "run_id": run_id,
+            "node_id": node_id,
+            "node_config": node_config,
+            "run_config": run_config,
+            "max_message_bytes": max_message_bytes,
+            "error_detail": error_detail.value,
+        }
+        self._work_dir = work_dir
+        self._max_bytes = max_message_bytes
+        self._extra_env = dict(extra_env or {})
+        self._process: subprocess.Popen[bytes] | None = None
+        self._to_child = -1
+        self._from_child = -1
+        self.restarts = 0
+
+    def _start(self) -> None:
+        child_in, self._to_child = os.pipe()
+        self._from_child, child_out = os.pipe()
+        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
+        env.update(self._extra_env)
+        env[ENV_IN_FD], env[ENV_OUT_FD] = str(child_in), str(child_out)
+        env[ENV_CONTEXT] = json.dumps(self._settings)
+        self._work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        log = (self._work_dir / "clientapp.log").open("ab")
+        try:
+            self._process = subprocess.Popen(  # noqa: S603 -- fixed interpreter and module
+                [sys.executable, "-m", "appliance.supernode.clientapp_process", str(self._app_dir)],
+                pass_fds=(child_in, child_out),
+                env=env,
+                cwd=self._work_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+            os.close(child_in)
+            os.close(child_out)
+        _log.info("clientapp started", run_id=self._settings["run_id"], pid=self._process.pid)
+
+    def handle(self, message: Message, *, timeout_s: float) -> Message:
+        """Send ``message`` to the ClientApp and return its reply (or an error reply)."""
+        if self._process is None or self._process.poll() is not None:
+            if self._process is not None:
+                self.restarts += 1
+                self._close_pipes()
+            self._start()
+        frame = encode_message(message)
+        deadline = time.monotonic() + timeout_s
+        try:
+            os.write(self._to_child, _LENGTH.pack(len(frame)))
+            view = memoryview(frame)
+            while view:
+                view = view[os.write(self._to_child, view) :]
+            (length,) = _LENGTH.unpack(_read_exactly(self._from_child, _LENGTH.size, deadline))
+            if length > self._max_bytes:
+                raise _ChildFailed(f"the ClientApp sent a {length}-byte reply, over the limit")
+            reply = decode_message(_read_exactly(self._from_child, length, deadline))
+        except TimeoutError:
+            self.stop()
+            return self._error(message, f"the ClientApp did not reply within {timeout_s:g} s")
+        except (BrokenPipeError, _ChildFailed, WireError) as exc:
+            code = self._process.wait(timeout=5) if self._process else None
+            self._close_pipes()
+            return self._error(message, f"the ClientApp process failed ({exc}; exit code {code})")
+        if reply.metadata.reply_to_message_id != message.metadata.message_id:
+            self.stop()
+            return self._error(message, "the ClientApp process answered a different message")
+        return reply
+
+    @staticmethod
+    def _error(message: Message, reason: str) -> Message:
+        _log.warning("clientapp failed", reason=reason)
+        return Message(Error(ErrorCode.CLIENT_APP_CRASHED, reason), reply_to=message)
+
+    def _close_pipes(self) -> None:
+        for fd in (self._to_child, self._from_child):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._to_child = self._from_child = -1
+
+    def stop(self, grace_s: float = 3.0) -> None:
+        """Close the pipes (the child exits on EOF), then terminate if it lingers."""
+        self._close_pipes()
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()

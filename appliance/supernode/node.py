@@ -1,0 +1,291 @@
+"""The SuperNode: a site's long-running process next to its data.
+
+It dials out to the SuperLink (the site opens no inbound port) over mTLS, signing
+every request with the site's Ed25519 key, says Hello, and keeps one Subscribe
+stream open: work arrives the moment it is queued. Each message is pulled in
+chunks, answered by the run's ClientApp subprocess (kept alive for the run; the
+app code comes from the run's bundle, whose SHA-256 is checked before anything is
+unpacked or executed), and the reply is pushed in chunks with the node's signature
+over its digest. When the SuperLink goes away, the node reconnects with
+exponential backoff (tenacity) until it is stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_random_exponential
+
+from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES, extract_bundle
+from appliance.clientapp import ErrorDetail
+from appliance.context import UserConfig
+from appliance.errors import ApplianceError
+from appliance.logs import get_logger
+from appliance.message import Error, ErrorCode, Message
+from appliance.proto import fleet_pb2 as pb
+from appliance.proto.fleet_pb2_grpc import FleetStub
+from appliance.supernode.clientapp_runner import ClientAppProcess
+from appliance.transport import Assembler, iter_chunks, reply_digest
+from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
+from certs import SigningInterceptor, client_credentials, load_signing_key
+from certs.signing import EnvelopeKind, EnvelopeSigner
+
+__all__ = ["SuperNode", "SuperNodeConfig"]
+
+_log = get_logger("appliance.supernode")
+PUSH_REPLY_METHOD = "/greenhouse.fleet.v1.Fleet/PushReply"
+VERSION = "1"
+
+
+@dataclass(frozen=True)
+class SuperNodeConfig:
+    """Everything a SuperNode needs to start."""
+
+    superlink: str
+    ca_certificate: Path
+    certificate: Path
+    key: Path
+    signing_key: Path
+    data_dir: Path
+    node_config: UserConfig = field(default_factory=dict)
+    max_message_bytes: int = 2 * 2**30
+    clientapp_timeout_s: float = 3600.0
+    error_detail: ErrorDetail = ErrorDetail.MESSAGE
+    max_backoff_s: float = 5.0
+
+
+@dataclass
+class _Run:
+    """What the node keeps for a run it takes part in."""
+
+    run_id: int
+    directory: Path
+    process: ClientAppProcess | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+class SuperNode:
+    """A running SuperNode. :meth:`run` blocks until :meth:`stop`."""
+
+    def __init__(self, config: SuperNodeConfig) -> None:
+        self.config = config
+        credentials = client_credentials(
+            ca_certificate=config.ca_certificate, certificate=config.certificate, key=config.key
+        )
+        key = load_signing_key(config.signing_key)
+        self._signer = EnvelopeSigner(key)
+        options = [
+            ("grpc.max_receive_message_length", 8 * 2**20),
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
+        channel = grpc.secure_channel(config.superlink, credentials, options=options)
+        self._channel = grpc.intercept_channel(channel, SigningInterceptor(key))
+        self._raw_channel = channel
+        self._stub = FleetStub(self._channel)
+        self._stopping = threading.Event()
+        self._runs: dict[int, _Run] = {}
+        self._runs_lock = threading.Lock()
+        self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="message")
+        self._subscription: grpc.Future | None = None
+        self.node_id = 0
+        config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    # -- main loop -----------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve until :meth:`stop`: connect, subscribe, reconnect with backoff."""
+        retrying = Retrying(
+            retry=retry_if_exception_type(grpc.RpcError),
+            wait=wait_random_exponential(multiplier=0.2, max=self.config.max_backoff_s),
+            stop=stop_when_event_set(self._stopping),
+            before_sleep=lambda state: _log.warning(
+                "superlink unreachable, retrying",
+                attempt=state.attempt_number,
+                error=_describe(state.outcome.exception() if state.outcome else None),
+            ),
+            reraise=False,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self._session()
+                    if not self._stopping.is_set():
+                        raise _StreamEnded
+        except Exception as exc:
+            if not self._stopping.is_set():
+                raise
+            _log.debug("stopped", last_error=_describe(exc))
+        finally:
+            self._shutdown()
+
+    def _session(self) -> None:
+        hello = self._stub.Hello(pb.HelloRequest(version=VERSION), timeout=30)
+        self.node_id = hello.node_id
+        _log.info("connected", node_id=hello.node_id, node=hello.node_name)
+        stream = self._stub.Subscribe(pb.SubscribeRequest())
+        self._subscription = stream
+        for event in stream:
+            if self._stopping.is_set():
+                break
+            kind = event.WhichOneof("event")
+            if kind == "message":
+                self._workers.submit(
+                    self._handle_safely, event.message.message_id, event.message.run_id
+                )
+            elif kind == "run_ended":
+                self._end_run(event.run_ended.run_id)
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return (from another thread or a signal handler)."""
+        self._stopping.set()
+        if self._subscription is not None:
+            self._subscription.cancel()
+
+    def _shutdown(self) -> None:
+        self._workers.shutdown(wait=True, cancel_futures=True)
+        with self._runs_lock:
+            runs = list(self._runs)
+        for run_id in runs:
+            self._end_run(run_id)
+        self._raw_channel.close()
+
+    # -- one message ---------------------------------------------------------------------
+
+    def _handle_safely(self, message_id: str, run_id: int) -> None:
+        try:
+            self._handle(message_id, run_id)
+        except grpc.RpcError as exc:
+            _log.warning("message not handled", message_id=message_id, error=_describe(exc))
+        except Exception:
+            _log.exception("message not handled", message_id=message_id)
+
+    def _pull(self, message_id: str) -> tuple[Message, pb.RunContext]:
+        head: pb.MessageHead | None = None
+        assembler: Assembler | None = None
+        for chunk in self._stub.PullMessage(pb.PullMessageRequest(message_id=message_id)):
+            if chunk.HasField("head"):
+                head = chunk.head
+                assembler = Assembler(head.content_size, self.config.max_message_bytes)
+            elif assembler is not None:
+                assembler.add(chunk.data)
+        if head is None or assembler is None:
+            raise ValueError(f"message {message_id} arrived without its head")
+        content = decode_record_dict(assembler.finish(), max_bytes=self.config.max_message_bytes)
+        return Message.from_parts(decode_metadata(head.metadata), content), head.run
+
+    def _handle(self, message_id: str, run_id: int) -> None:
+        message, run_context = self._pull(message_id)
+        run = self._run(run_context)
+        with run.lock:
+            try:
+                if run.process is None:
+                    run.process = self._start_clientapp(run, run_context)
+                reply = run.process.handle(message, timeout_s=self.config.clientapp_timeout_s)
+            except (grpc.RpcError, ValueError, OSError, ApplianceError) as exc:
+                _log.warning("cannot run the ClientApp", run_id=run.run_id, error=_describe(exc))
+                reason = f"node cannot run the app: {_describe(exc)}"
+                reply = Message(Error(ErrorCode.LOAD_CLIENT_APP_FAILED, reason), reply_to=message)
+        self._push(reply)
+
+    def _push(self, reply: Message) -> None:
+        metadata = encode_metadata(reply.metadata)
+        error = reply.error if reply.has_error() else Error(ErrorCode.UNKNOWN, "")
+        frame = b"" if reply.has_error() else encode_record_dict(reply.content)
+        digest = reply_digest(
+            metadata,
+            is_error=reply.has_error(),
+            error_code=error.code,
+            error_reason=error.reason,
+            content_sha256=hashlib.sha256(frame).digest() if frame else b"",
+        )
+        envelope = self._signer.sign(kind=EnvelopeKind.REPLY, method=PUSH_REPLY_METHOD, body=digest)
+        head = pb.ReplyHead(
+            metadata=metadata,
+            is_error=reply.has_error(),
+            error_code=error.code,
+            error_reason=error.reason,
+            content_size=len(frame),
+            signature=envelope.to_bytes(),
+        )
+
+        def chunks() -> Iterator[pb.ReplyChunk]:
+            yield pb.ReplyChunk(head=head)
+            for piece in iter_chunks(frame):
+                yield pb.ReplyChunk(data=piece)
+
+        self._stub.PushReply(chunks())
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def _run(self, context: pb.RunContext) -> _Run:
+        with self._runs_lock:
+            run = self._runs.get(context.run_id)
+            if run is None:
+                directory = self.config.data_dir.resolve() / "runs" / str(context.run_id)
+                run = self._runs[context.run_id] = _Run(context.run_id, directory)
+            return run
+
+    def _start_clientapp(self, run: _Run, context: pb.RunContext) -> ClientAppProcess:
+        data = bytearray()
+        sha256 = ""
+        for chunk in self._stub.GetBundle(pb.GetBundleRequest(run_id=run.run_id)):
+            if chunk.HasField("head"):
+                sha256 = chunk.head.sha256
+                if chunk.head.size > DEFAULT_MAX_BUNDLE_BYTES:
+                    raise ValueError(f"bundle of {chunk.head.size} bytes is over the limit")
+            else:
+                data += chunk.data
+                if len(data) > DEFAULT_MAX_BUNDLE_BYTES:
+                    raise ValueError("bundle is larger than the limit")
+        if sha256 != context.bundle_sha256:
+            raise ValueError(f"bundle {sha256} is not the run's bundle {context.bundle_sha256}")
+        if run.directory.exists():
+            shutil.rmtree(run.directory)
+        run.directory.mkdir(mode=0o700, parents=True)
+        app_dir = extract_bundle(
+            bytes(data), run.directory / "app", expected_sha256=context.bundle_sha256
+        )
+        _log.info("bundle verified", run_id=run.run_id, sha256=sha256)
+        return ClientAppProcess(
+            app_dir,
+            run_id=run.run_id,
+            node_id=self.node_id,
+            node_config=dict(self.config.node_config),
+            run_config=json.loads(context.run_config_json or "{}"),
+            work_dir=run.directory / "work",
+            max_message_bytes=self.config.max_message_bytes,
+            error_detail=self.config.error_detail,
+        )
+
+    def _end_run(self, run_id: int) -> None:
+        with self._runs_lock:
+            run = self._runs.pop(run_id, None)
+        if run is None:
+            return
+        with run.lock:
+            if run.process is not None:
+                run.process.stop()
+        shutil.rmtree(run.directory, ignore_errors=True)
+        _log.info("run ended", run_id=run_id)
+
+
+class _StreamEnded(grpc.RpcError):
+    """The Subscribe stream ended without an error: reconnect."""
+
+
+def _describe(exc: BaseException | None) -> str:
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        return f"{exc.code().name}: {exc.details()}"
+    if isinstance(exc, ApplianceError | ValueError | OSError):
+        return str(exc)
+    return repr(exc)
