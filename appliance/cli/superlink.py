@@ -37,7 +37,16 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     show_default=True,
     help="Seconds a node may be offline before its pending work fails.",
 )
+@click.option(
+    "--keepalive",
+    "keepalive_s",
+    type=float,
+    default=5.0,
+    show_default=True,
+    help="Seconds between keepalives on node streams (also re-checks revocation).",
+)
 def superlink(
+    keepalive_s: float,
     ca: Path,
     cert: Path,
     key: Path,
@@ -61,6 +70,7 @@ def superlink(
             fleet_address=fleet_address,
             control_address=control_address,
             node_grace_s=node_grace_s,
+            keepalive_s=keepalive_s,
         )
     )
 

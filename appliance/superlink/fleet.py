@@ -40,6 +40,9 @@ PUSH_REPLY_METHOD = "/greenhouse.fleet.v1.Fleet/PushReply"
 
 #: Called with a node id when its subscription ends (the SuperLink starts its grace timer).
 DisconnectHook = Callable[[int], None]
+#: Re-checks, during a long-lived stream, that an identity is still admitted (CRL,
+#: enrolment); returns the reason it no longer is, or None.
+AdmissionCheck = Callable[[Identity], str | None]
 
 
 class FleetServicer(fleet_pb2_grpc.FleetServicer):
@@ -54,6 +57,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         keepalive_s: float,
         max_message_bytes: int,
         on_disconnect: DisconnectHook,
+        still_admitted: AdmissionCheck,
     ) -> None:
         self._state = state
         self._hub = hub
@@ -61,6 +65,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self._keepalive_s = keepalive_s
         self._max_message_bytes = max_message_bytes
         self._on_disconnect = on_disconnect
+        self._still_admitted = still_admitted
 
     def _caller(self, context: grpc.ServicerContext) -> tuple[Identity, Node]:
         identity = identity_from_context(context)
@@ -81,7 +86,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     def Subscribe(
         self, request: pb.SubscribeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.FleetEvent]:
-        _, node = self._caller(context)
+        identity, node = self._caller(context)
         inbox = self._hub.subscribe(node.node_id)
         self._state.set_node_online(node.node_id, True)
         _log.info("node connected", node=node.name, node_id=node.node_id)
@@ -108,6 +113,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     event = pb.FleetEvent(keepalive=pb.Keepalive())
                 if inbox.closed.is_set():
                     break
+                refusal = self._still_admitted(identity)
+                if refusal is not None:
+                    _log.warning("node no longer admitted", node=node.name, reason=refusal)
+                    context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
                 yield event
         finally:
             disconnect()

@@ -35,6 +35,7 @@ from appliance.superlink.hub import Hub
 from appliance.superlink.runs import RunLauncher
 from certs import (
     AuthInterceptor,
+    CertError,
     CrlFile,
     Identity,
     ReloadingServerCredentials,
@@ -82,7 +83,7 @@ class SuperLinkConfig:
     control_address: str = "127.0.0.1:9093"
     appio_host: str = "127.0.0.1"
     max_message_bytes: int = 2 * 2**30
-    keepalive_s: float = 10.0
+    keepalive_s: float = 5.0
     node_grace_s: float = 3.0
     replay_window_s: float = 60.0
     sweep_interval_s: float = 0.5
@@ -137,6 +138,17 @@ class SuperLink:
         if identity.role is not Role.NODE:
             return True
         return self.state.find_node_by_fingerprint(identity.certificate_fingerprint) is not None
+
+    def _still_admitted(self, identity: Identity) -> str | None:
+        """Why a connected node must be cut off now (revoked, removed), or None."""
+        try:
+            if self._crl().is_revoked(identity.serial):
+                return f"certificate {identity.serial_hex} of {identity.name} was revoked"
+        except CertError as exc:
+            return f"revocation status unknown: {exc}"
+        if not self._is_enrolled(identity):
+            return f"node {identity.name} is no longer enrolled"
+        return None
 
     def _check_node_certificate(self, pem: bytes) -> Identity:
         from cryptography import x509
@@ -200,6 +212,7 @@ class SuperLink:
                 keepalive_s=cfg.keepalive_s,
                 max_message_bytes=cfg.max_message_bytes,
                 on_disconnect=self._node_went_offline,
+                still_admitted=self._still_admitted,
             ),
             fleet,
         )

@@ -1,0 +1,1 @@
+"""A test app: trains nothing, sleeps on demand, fails on demand."""

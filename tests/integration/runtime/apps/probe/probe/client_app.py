@@ -1,0 +1,17 @@
+"""Adds (partition id + 1) to every weight after an optional sleep."""
+
+import time
+
+from appliance import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordDict
+
+app = ClientApp()
+
+
+@app.train()
+def train(msg: Message, ctx: Context) -> Message:
+    time.sleep(float(ctx.run_config["train-sleep"]))
+    arrays = msg.content["arrays"].to_numpy_ndarrays()
+    step = float(ctx.node_config.get("partition-id", 0)) + 1.0
+    updated = [a + step for a in arrays]
+    metrics = MetricRecord({"num-examples": 10, "step": step})
+    return Message(RecordDict({"arrays": ArrayRecord(updated), "metrics": metrics}), reply_to=msg)

@@ -1,0 +1,32 @@
+"""FedAvg over the probe ClientApp; prints each round's model sum and failures."""
+
+import numpy as np
+
+from appliance import ArrayRecord, Context, Grid, ServerApp
+from appliance.strategy import FedAvg
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = context.run_config
+    if cfg["server-raise"]:
+        raise RuntimeError(str(cfg["server-raise"]))
+    min_nodes = int(cfg["min-nodes"])
+    strategy = FedAvg(
+        fraction_evaluate=0.0,
+        min_train_nodes=min_nodes,
+        min_available_nodes=min_nodes,
+        wait_for_nodes_s=30.0,
+    )
+    result = strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord([np.zeros(int(cfg["size"]), dtype=np.float32)]),
+        num_rounds=int(cfg["num-server-rounds"]),
+        timeout=float(cfg["round-timeout"]),
+    )
+    for rnd, failures in sorted(result.train_failures.items()):
+        for failure in failures:
+            print(f"round {rnd} failure: {failure.reason}", flush=True)
+    print(f"final sum {float(result.arrays['0'].sum()):.4f}", flush=True)

@@ -1,0 +1,202 @@
+"""The deployment runtime end to end: real processes, real certificates, mTLS on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import re
+import time
+
+import pytest
+from runtime_harness import APPS, EXAMPLES, NODES, Federation, start, wait_for
+
+from appliance.local import run_local_app
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+PROBE = APPS / "probe"
+
+
+def _table(text: str) -> list[str]:
+    return [line for line in text.splitlines() if re.match(r"^\s+\d+\s+", line)]
+
+
+def test_hospital_over_mtls_matches_the_local_runner(federation: Federation):
+    pytest.importorskip("sklearn")
+    start(federation, 3)
+    code, out, err = federation.cli(
+        "alice",
+        "run",
+        str(EXAMPLES / "hospital"),
+        "--federation",
+        "test",
+        "--run-config",
+        "num-server-rounds=3",
+    )
+    assert code == 0, err + federation.log("superlink")
+    assert re.search(r"run \d+ finished", out)
+    local = io.StringIO()
+    with contextlib.redirect_stdout(local):
+        run_local_app(
+            EXAMPLES / "hospital", num_nodes=3, run_config_overrides={"num-server-rounds": 3}
+        )
+    deployed_rows, local_rows = _table(out), _table(local.getvalue())
+    assert len(deployed_rows) == 4
+    assert deployed_rows == local_rows  # same rounds, same losses and accuracies to 4 decimals
+
+
+def test_server_app_that_raises_fails_only_its_run(federation: Federation):
+    start(federation, 2)
+    code, out, err = federation.cli(
+        "alice",
+        "run",
+        str(PROBE),
+        "--federation",
+        "test",
+        "--run-config",
+        "server-raise='boom at start'",
+    )
+    assert code != 0
+    assert "failed: RuntimeError: boom at start" in err
+    run_id = int(re.search(r"run (\d+) submitted", out).group(1))
+    code, log, _ = federation.cli("alice", "log", str(run_id), "--federation", "test")
+    assert code == 0
+    assert "RuntimeError: boom at start" in log
+    code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
+    assert code == 0, err
+    # Both nodes added 1 and 2 (mean 1.5) in each of 2 rounds to 10 weights: sum 30.
+    assert "final sum 30.0000" in out
+
+
+def test_two_data_scientists_are_isolated(federation: Federation):
+    start(federation, 2)
+    code, out, _ = federation.cli(
+        "alice",
+        "run",
+        str(PROBE),
+        "--federation",
+        "test",
+        "--detach",
+        "--run-config",
+        "train-sleep=30",
+    )
+    assert code == 0
+    alice_run = int(re.search(r"run (\d+) submitted", out).group(1))
+    code, out, _ = federation.cli("bob", "ls", "--federation", "test", "--json")
+    assert code == 0
+    assert str(alice_run) not in out
+    code, _, err = federation.cli("bob", "log", str(alice_run), "--federation", "test")
+    assert code != 0
+    assert "NOT_FOUND" in err
+    code, _, err = federation.cli("bob", "stop", str(alice_run), "--federation", "test")
+    assert code != 0
+    assert federation.run_status("alice", alice_run)[0] in ("starting", "running")
+    code, out, _ = federation.cli("audrey", "ls", "--federation", "test", "--json")
+    assert str(alice_run) in out  # auditors read every run
+    code, _, err = federation.cli("audrey", "stop", str(alice_run), "--federation", "test")
+    assert code != 0
+    assert "PERMISSION_DENIED" in err
+    code, out, _ = federation.cli("alice", "stop", str(alice_run), "--federation", "test")
+    assert code == 0
+    status, reason = federation.wait_run("alice", alice_run)
+    assert (status, reason) == ("stopped", "stopped by alice")
+
+
+def test_killed_supernode_fails_its_work_and_the_round_completes(federation: Federation):
+    start(federation, 3)
+    _code, out, _ = federation.cli(
+        "alice",
+        "run",
+        str(PROBE),
+        "--federation",
+        "test",
+        "--detach",
+        "--run-config",
+        "train-sleep=3.0 num-server-rounds=1 min-nodes=2",
+    )
+    run_id = int(re.search(r"run (\d+) submitted", out).group(1))
+    wait_for(lambda: federation.run_status("alice", run_id)[0] == "running", 30, "the run to start")
+    time.sleep(1.5)  # the nodes are inside train()
+    federation.kill_node("n3")
+    started = time.monotonic()
+    status, reason = federation.wait_run("alice", run_id)
+    assert status == "finished", reason
+    # The dead node is noticed within the grace period, not the 60 s round timeout.
+    assert time.monotonic() - started < 30
+    _, log, _ = federation.cli("alice", "log", str(run_id), "--federation", "test")
+    assert re.search(r"round 1 failure: error reply 5: node \d+ went offline", log), log
+    assert "final sum 15.0000" in log  # mean of +1 and +2 over 10 weights
+    assert "n3" not in federation.online()
+    federation.start_node("n3", 2, 3)
+    federation.wait_online("n3")
+
+
+def test_superlink_restart_keeps_state_and_nodes_reconnect(federation: Federation):
+    start(federation, 2)
+    code, _, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
+    assert code == 0, err
+    code, out, _ = federation.cli(
+        "alice",
+        "run",
+        str(PROBE),
+        "--federation",
+        "test",
+        "--detach",
+        "--run-config",
+        "train-sleep=30",
+    )
+    in_flight = int(re.search(r"run (\d+) submitted", out).group(1))
+    wait_for(lambda: federation.run_status("alice", in_flight)[0] == "running", 30, "run start")
+    federation.kill_superlink()
+    federation.start_superlink()
+    assert federation.run_status("alice", in_flight) == ("failed", "superlink restarted")
+    code, out, _ = federation.cli("alice", "ls", "--federation", "test", "--json")
+    assert out.count('"finished"') == 1
+    federation.wait_online("n1", "n2")  # the SuperNodes reconnected on their own
+    code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
+    assert code == 0, err
+    assert "final sum 30.0000" in out
+
+
+def test_unenrolled_node_is_refused(federation: Federation):
+    start(federation, 2)
+    federation.start_node("stranger", 0, 1)
+    wait_for(lambda: "not enrolled" in federation.log("node-stranger"), 30, "the refusal")
+    assert "stranger" not in federation.online()
+    assert NODES[0] in federation.online()
+
+
+@pytest.fixture
+def postgres_url():
+    """A fresh schema in the CI PostgreSQL server, as a SQLAlchemy URL."""
+    import os
+    import uuid
+
+    import sqlalchemy as sa
+
+    base = os.environ.get("GREENHOUSE_TEST_POSTGRES_URL")
+    if not base:
+        if os.environ.get("GREENHOUSE_REQUIRE_POSTGRES") == "1":
+            pytest.fail("GREENHOUSE_REQUIRE_POSTGRES=1 but GREENHOUSE_TEST_POSTGRES_URL is unset")
+        pytest.skip("PostgreSQL tests need GREENHOUSE_TEST_POSTGRES_URL (set by .ci/run)")
+    schema = f"gh_e2e_{uuid.uuid4().hex[:12]}"
+    engine = sa.create_engine(base)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    url = sa.make_url(base).update_query_dict({"options": f"-csearch_path={schema}"})
+    yield url.render_as_string(hide_password=False)
+    with engine.begin() as conn:
+        conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
+    engine.dispose()
+
+
+def test_a_run_on_postgresql_survives_a_restart(federation: Federation, postgres_url: str):
+    federation.database = postgres_url
+    start(federation, 2)
+    code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
+    assert code == 0, err + federation.log("superlink")
+    assert "final sum 30.0000" in out
+    run_id = int(re.search(r"run (\d+) submitted", out).group(1))
+    federation.kill_superlink()
+    federation.start_superlink()
+    assert federation.run_status("alice", run_id) == ("finished", "")
+    assert '"backend": "postgresql"' in federation.log("superlink")
