@@ -19,6 +19,7 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
@@ -35,8 +36,9 @@ from appliance.proto.fleet_pb2_grpc import FleetStub
 from appliance.supernode.clientapp_runner import ClientAppProcess
 from appliance.transport import Assembler, iter_chunks, reply_digest
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
-from certs import SigningInterceptor, client_credentials, load_signing_key
+from certs import SigningInterceptor, client_credentials, load_certificate, load_signing_key
 from certs.signing import EnvelopeKind, EnvelopeSigner
+from certs.verify import expiry_warning
 
 __all__ = ["SuperNode", "SuperNodeConfig"]
 
@@ -80,6 +82,9 @@ class SuperNode:
         credentials = client_credentials(
             ca_certificate=config.ca_certificate, certificate=config.certificate, key=config.key
         )
+        warning = expiry_warning(load_certificate(config.certificate), datetime.now(UTC))
+        if warning:
+            _log.warning("node certificate expiring", detail=warning)
         key = load_signing_key(config.signing_key)
         self._signer = EnvelopeSigner(key)
         options = [

@@ -200,3 +200,19 @@ def test_a_run_on_postgresql_survives_a_restart(federation: Federation, postgres
     federation.start_superlink()
     assert federation.run_status("alice", run_id) == ("finished", "")
     assert '"backend": "postgresql"' in federation.log("superlink")
+
+
+def test_a_model_larger_than_a_grpc_message_travels_in_chunks(federation: Federation):
+    start(federation, 2)
+    # 3M float32 values = 12 MB per message: three times gRPC's default message limit.
+    code, out, err = federation.cli(
+        "alice",
+        "run",
+        str(PROBE),
+        "--federation",
+        "test",
+        "--run-config",
+        "size=3000000 num-server-rounds=1",
+    )
+    assert code == 0, err + federation.log("superlink")
+    assert "final sum 4500000.0000" in out  # mean step 1.5 on 3M weights
