@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck proto bench clean-venv
+.PHONY: demo demo-local test lint typecheck proto bench clean-venv
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
@@ -13,7 +13,12 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev,examples]'
 	@touch $(STAMP)
 
+# A real federation on this machine: CA, SuperLink, three hospital SuperNodes, mTLS.
 demo: $(STAMP)
+	$(PY) examples/demo.py
+
+# The same app in one process (the data scientist's inner loop).
+demo-local: $(STAMP)
 	$(VENV)/bin/greenhouse run --local examples/hospital --nodes 3
 
 test: $(STAMP)

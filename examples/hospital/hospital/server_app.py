@@ -1,12 +1,44 @@
-"""The ServerApp: FedAvg over the hospitals, evaluated on the public test set."""
+"""The ServerApp: FedAvg over the hospitals, evaluated on the public test set.
+
+Prints one table row per round as the round completes (live progress), then the
+final accuracy next to a centrally trained baseline.
+"""
 
 from __future__ import annotations
 
-from appliance import ArrayRecord, ConfigRecord, Context, Grid, MetricRecord, ServerApp
-from appliance.strategy import FedAvg
+from collections.abc import Sequence
+
+from appliance import ArrayRecord, ConfigRecord, Context, Grid, MetricRecord, RecordDict, ServerApp
+from appliance.strategy import FedAvg, weighted_metrics_mean
 from hospital import task
 
 app = ServerApp()
+
+
+class RoundPrinter:
+    """Collects each round's federated metrics and prints the row when the round ends."""
+
+    def __init__(self) -> None:
+        self.train_loss: float | None = None
+        self.site_accuracy: float | None = None
+
+    def train_metrics(self, replies: Sequence[RecordDict], weight_key: str) -> MetricRecord:
+        metrics = weighted_metrics_mean(replies, weight_key)
+        self.train_loss = float(metrics["train-loss"])
+        return metrics
+
+    def evaluate_metrics(self, replies: Sequence[RecordDict], weight_key: str) -> MetricRecord:
+        metrics = weighted_metrics_mean(replies, weight_key)
+        self.site_accuracy = float(metrics["accuracy"])
+        return metrics
+
+    def row(self, server_round: int, loss: float, accuracy: float) -> None:
+        train = "-" if self.train_loss is None else f"{self.train_loss:.4f}"
+        site = "-" if self.site_accuracy is None else f"{self.site_accuracy:.4f}"
+        print(
+            f"{server_round:>5}  {train:>10}  {site:>12}  {loss:>9.4f}  {accuracy:>8.4f}",
+            flush=True,
+        )
 
 
 @app.main()
@@ -14,14 +46,23 @@ def main(grid: Grid, context: Context) -> None:
     cfg = context.run_config
     seed, test_fraction = int(cfg["data-seed"]), float(cfg["test-fraction"])
     test_set = task.load_test_set(seed, test_fraction)
+    printer = RoundPrinter()
 
     def evaluate_on_test_set(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         loss, accuracy = task.evaluate(arrays.to_numpy_ndarrays(), test_set)
+        printer.row(server_round, loss, accuracy)
         return MetricRecord({"loss": loss, "accuracy": accuracy})
 
     min_nodes = int(cfg["min-nodes"])
     strategy = FedAvg(
-        min_train_nodes=min_nodes, min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes
+        min_train_nodes=min_nodes,
+        min_evaluate_nodes=min_nodes,
+        min_available_nodes=min_nodes,
+        train_metrics_aggr_fn=printer.train_metrics,
+        evaluate_metrics_aggr_fn=printer.evaluate_metrics,
+    )
+    print(
+        f"{'round':>5}  {'train loss':>10}  {'site val acc':>12}  {'test loss':>9}  {'test acc':>8}"
     )
     result = strategy.start(
         grid=grid,
@@ -30,19 +71,6 @@ def main(grid: Grid, context: Context) -> None:
         train_config=ConfigRecord({"learning-rate": float(cfg["learning-rate"])}),
         evaluate_fn=evaluate_on_test_set,
     )
-
-    print(
-        f"{'round':>5}  {'train loss':>10}  {'site val acc':>12}  {'test loss':>9}  {'test acc':>8}"
-    )
-    for rnd, central in sorted(result.evaluate_metrics_serverapp.items()):
-        trained = result.train_metrics_clientapp.get(rnd, {})
-        federated = result.evaluate_metrics_clientapp.get(rnd, {})
-        train_loss = f"{trained['train-loss']:.4f}" if "train-loss" in trained else "-"
-        site_acc = f"{federated['accuracy']:.4f}" if "accuracy" in federated else "-"
-        print(
-            f"{rnd:>5}  {train_loss:>10}  {site_acc:>12}  "
-            f"{central['loss']:>9.4f}  {central['accuracy']:>8.4f}"
-        )
     final = result.evaluate_metrics_serverapp[max(result.evaluate_metrics_serverapp)]
     print(f"federated model: test accuracy {final['accuracy']:.4f}")
     if cfg.get("report-central-baseline"):

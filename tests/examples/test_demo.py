@@ -1,0 +1,46 @@
+"""`make demo`'s script: a real federation that starts, trains and cleans up after itself."""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("sklearn", reason="needs the examples extra (scikit-learn)")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _our_processes() -> list[str]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if str(ROOT / "var" / "demo") in cmdline:
+            found.append(cmdline)
+    return found
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_demo_trains_over_mtls_and_stops_every_process():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    accuracy = float(re.search(r"federated test accuracy (\d\.\d+)", proc.stdout).group(1))
+    assert accuracy >= 0.9
+    assert "files (certificates, databases, logs): var/demo" in proc.stdout
+    assert (ROOT / "var" / "demo" / "superlink" / "state.db").exists()
+    assert _our_processes() == []
