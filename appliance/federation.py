@@ -13,6 +13,11 @@ certificate, and the user's certificate and key. They come from the app's
     cert = "certs/alice.pem"
     key = "certs/alice.key"
 
+    [tool.greenhouse.federations.dev]  # DEVELOPMENT ONLY, for a --insecure SuperLink
+    address = "127.0.0.1:9093"
+    insecure = true
+    user = "alice"                 # claimed, not verified
+
 or from the user's ``federations.toml`` (``$XDG_CONFIG_HOME/greenhouse/``, overridden by
 ``GREENHOUSE_CONFIG_DIR``) with the same tables under ``[federations]``.
 """
@@ -35,7 +40,8 @@ from appliance.errors import AppConfigError
 from appliance.proto import control_pb2 as pb
 from appliance.proto.control_pb2_grpc import ControlStub
 from appliance.transport import iter_chunks
-from certs import client_credentials
+from certs import Role, client_credentials
+from certs.unsafe_dev import UnsafeIdentityHeader
 
 __all__ = ["ControlClient", "Federation", "load_federation", "user_config_dir"]
 
@@ -46,9 +52,13 @@ class Federation:
 
     name: str
     address: str
-    ca_certificate: Path
-    certificate: Path
-    key: Path
+    ca_certificate: Path | None
+    certificate: Path | None
+    key: Path | None
+    #: DEVELOPMENT ONLY (a ``--insecure`` SuperLink): plain TCP and a claimed identity.
+    unsafe_insecure: bool = False
+    unsafe_user: str = ""
+    unsafe_role: str = "data-scientist"
 
 
 def user_config_dir() -> Path:
@@ -91,6 +101,19 @@ def _pick(
 
 
 def _federation(name: str, entry: dict[str, Any], source: Path) -> Federation:
+    if entry.get("insecure") is True:
+        if not isinstance(entry.get("address"), str) or not isinstance(entry.get("user"), str):
+            raise AppConfigError(f"{source}: insecure federation {name!r} needs address and user")
+        return Federation(
+            name=name,
+            address=entry["address"],
+            ca_certificate=None,
+            certificate=None,
+            key=None,
+            unsafe_insecure=True,
+            unsafe_user=entry["user"],
+            unsafe_role=str(entry.get("role", "data-scientist")),
+        )
     missing = [k for k in ("address", "ca", "cert", "key") if not isinstance(entry.get(k), str)]
     if missing:
         raise AppConfigError(f"{source}: federation {name!r} lacks {', '.join(missing)}")
@@ -129,12 +152,21 @@ class ControlClient:
     """The Control API as a user sees it (mTLS with the user's certificate)."""
 
     def __init__(self, federation: Federation) -> None:
-        credentials = client_credentials(
-            ca_certificate=federation.ca_certificate,
-            certificate=federation.certificate,
-            key=federation.key,
-        )
-        self._channel = grpc.secure_channel(federation.address, credentials)
+        if federation.unsafe_insecure:
+            self._channel = grpc.intercept_channel(
+                grpc.insecure_channel(federation.address),
+                UnsafeIdentityHeader(Role(federation.unsafe_role), federation.unsafe_user),
+            )
+        else:
+            assert federation.ca_certificate
+            assert federation.certificate
+            assert federation.key
+            credentials = client_credentials(
+                ca_certificate=federation.ca_certificate,
+                certificate=federation.certificate,
+                key=federation.key,
+            )
+            self._channel = grpc.secure_channel(federation.address, credentials)
         self._stub = ControlStub(self._channel)
 
     def close(self) -> None:

@@ -16,9 +16,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 
 @click.command()
-@click.option("--ca", "ca", type=_FILE, required=True, help="Federation CA certificate.")
-@click.option("--cert", type=_FILE, required=True, help="SuperLink server certificate.")
-@click.option("--key", type=_FILE, required=True, help="SuperLink server key (mode 0600).")
+@click.option("--ca", "ca", type=_FILE, help="Federation CA certificate.")
+@click.option("--cert", type=_FILE, help="SuperLink server certificate.")
+@click.option("--key", type=_FILE, help="SuperLink server key (mode 0600).")
 @click.option("--crl", type=_FILE, help="Certificate revocation list (re-read when it changes).")
 @click.option("--database", help="SQLAlchemy URL (default: SQLite in the data dir).")
 @click.option(
@@ -45,11 +45,17 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     show_default=True,
     help="Seconds between keepalives on node streams (also re-checks revocation).",
 )
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="DEVELOPMENT ONLY: no TLS, claimed identities, unsigned replies.",
+)
 def superlink(
+    insecure: bool,
     keepalive_s: float,
-    ca: Path,
-    cert: Path,
-    key: Path,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
     crl: Path | None,
     database: str | None,
     data_dir: Path,
@@ -59,6 +65,10 @@ def superlink(
 ) -> None:
     """Serve the Fleet API (SuperNodes) and the Control API (users) over mTLS."""
     configure_logging("json", level=logging.INFO)
+    if not insecure and None in (ca, cert, key):
+        raise click.UsageError(
+            "--ca, --cert and --key are required (or --insecure for development)"
+        )
     link = SuperLink(
         SuperLinkConfig(
             ca_certificate=ca,
@@ -71,6 +81,7 @@ def superlink(
             control_address=control_address,
             node_grace_s=node_grace_s,
             keepalive_s=keepalive_s,
+            unsafe_insecure=insecure,
         )
     )
 

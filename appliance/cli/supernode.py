@@ -18,10 +18,16 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
 @click.command()
 @click.option("--superlink", "address", required=True, help="HOST:PORT of the Fleet API.")
-@click.option("--ca", "ca", type=_FILE, required=True, help="Federation CA certificate.")
-@click.option("--cert", type=_FILE, required=True, help="This node's certificate.")
-@click.option("--key", type=_FILE, required=True, help="This node's TLS key (mode 0600).")
-@click.option("--signing-key", type=_FILE, required=True, help="This node's Ed25519 signing key.")
+@click.option("--ca", "ca", type=_FILE, help="Federation CA certificate.")
+@click.option("--cert", type=_FILE, help="This node's certificate.")
+@click.option("--key", type=_FILE, help="This node's TLS key (mode 0600).")
+@click.option("--signing-key", type=_FILE, help="This node's Ed25519 signing key.")
+@click.option(
+    "--insecure",
+    is_flag=True,
+    help="DEVELOPMENT ONLY: plain TCP to a --insecure SuperLink; needs --name.",
+)
+@click.option("--name", default="", help="The node name claimed in --insecure mode.")
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -37,15 +43,21 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 def supernode(
     address: str,
-    ca: Path,
-    cert: Path,
-    key: Path,
-    signing_key: Path,
+    ca: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    signing_key: Path | None,
+    insecure: bool,
+    name: str,
     data_dir: Path,
     node_config: tuple[str, ...],
 ) -> None:
     """Dial out to the SuperLink and run ClientApps for it (no inbound port)."""
     configure_logging("json", level=logging.INFO)
+    if insecure and not name:
+        raise click.UsageError("--insecure needs --name (the node name to claim)")
+    if not insecure and None in (ca, cert, key, signing_key):
+        raise click.UsageError("--ca, --cert, --key and --signing-key are required")
     node = SuperNode(
         SuperNodeConfig(
             superlink=address,
@@ -55,6 +67,8 @@ def supernode(
             signing_key=signing_key,
             data_dir=data_dir,
             node_config=parse_config_pairs(node_config),
+            unsafe_insecure=insecure,
+            unsafe_name=name,
         )
     )
 

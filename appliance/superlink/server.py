@@ -14,6 +14,9 @@ seconds instead of waiting for its whole timeout.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -46,9 +49,18 @@ from certs import (
     load_certificate,
 )
 from certs.signing import RequestVerifier
+from certs.unsafe_dev import UnsafeHeaderAuthInterceptor
 from certs.verify import expiry_warning, verify_certificate
 
-__all__ = ["CONTROL_METHODS", "FLEET_METHODS", "SuperLink", "SuperLinkConfig"]
+__all__ = ["CONTROL_METHODS", "FLEET_METHODS", "INSECURE_BANNER", "SuperLink", "SuperLinkConfig"]
+
+INSECURE_BANNER = """
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+!!  GREENHOUSE SUPERLINK IN --insecure MODE: FOR DEVELOPMENT ONLY                   !!
+!!  No TLS, no certificates, no signatures: anyone who reaches these ports can      !!
+!!  claim to be any node or user. Never use it with real data. (Recorded in state.) !!
+!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
+"""
 
 _log = get_logger("appliance.superlink")
 _FLEET = "/greenhouse.fleet.v1.Fleet/"
@@ -73,9 +85,9 @@ CONTROL_METHODS = {
 class SuperLinkConfig:
     """Everything a SuperLink needs to start."""
 
-    ca_certificate: Path
-    certificate: Path
-    key: Path
+    ca_certificate: Path | None
+    certificate: Path | None
+    key: Path | None
     data_dir: Path
     crl: Path | None = None
     database: str | None = None
@@ -88,6 +100,8 @@ class SuperLinkConfig:
     replay_window_s: float = 60.0
     sweep_interval_s: float = 0.5
     max_workers: int = 128
+    #: DEVELOPMENT ONLY: no TLS, identities claimed in a header, unsigned replies.
+    unsafe_insecure: bool = False
 
 
 def _grpc_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -112,6 +126,31 @@ class SuperLink:
 
     def __init__(self, config: SuperLinkConfig) -> None:
         self.config = config
+        self.state = State.open(config.database, data_dir=config.data_dir)
+        if config.unsafe_insecure:
+            self._init_insecure()
+        else:
+            self._init_tls(config)
+        self.hub = Hub()
+        self._offline_since: dict[int, float] = {}
+        self._offline_lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._servers: list[grpc.Server] = []
+        self._sweeper: threading.Thread | None = None
+        self.fleet_port = self.control_port = self.appio_port = 0
+
+    def _init_insecure(self) -> None:
+        print(INSECURE_BANNER, file=sys.stderr, flush=True)
+        _log.warning("INSECURE MODE: no TLS, no certificates, no signatures; development only")
+        self.state.record_event("superlink.insecure", {"pid": os.getpid()})
+        self._tls = None
+        self._crl = _no_revocations
+
+    def _init_tls(self, config: SuperLinkConfig) -> None:
+        if config.ca_certificate is None or config.certificate is None or config.key is None:
+            raise ValueError(
+                "a SuperLink needs --ca, --cert and --key (or --insecure for development)"
+            )
         self._ca_cert = load_certificate(config.ca_certificate)
         self._tls = ReloadingServerCredentials(
             ServerTLSFiles(
@@ -123,21 +162,24 @@ class SuperLink:
         else:
             _log.warning("no CRL configured: revoked certificates cannot be refused; pass --crl")
             self._crl = _no_revocations  # type: ignore[assignment]
-        self.state = State.open(config.database, data_dir=config.data_dir)
-        self.hub = Hub()
-        self._offline_since: dict[int, float] = {}
-        self._offline_lock = threading.Lock()
-        self._stopping = threading.Event()
-        self._servers: list[grpc.Server] = []
-        self._sweeper: threading.Thread | None = None
-        self.fleet_port = self.control_port = self.appio_port = 0
 
     # -- helpers used by the servicers -------------------------------------------------
 
     def _is_enrolled(self, identity: Identity) -> bool:
         if identity.role is not Role.NODE:
             return True
-        return self.state.find_node_by_fingerprint(identity.certificate_fingerprint) is not None
+        if self.state.find_node_by_fingerprint(identity.certificate_fingerprint) is not None:
+            return True
+        if self.config.unsafe_insecure:  # development: a claimed node enrols itself
+            fake_key = hashlib.sha256(f"unsafe:{identity.name}".encode()).hexdigest()
+            self.state.enrol_node(
+                identity.name,
+                identity.certificate_fingerprint,
+                fake_key,
+                enrolled_by="insecure-mode",
+            )
+            return True
+        return False
 
     def _still_admitted(self, identity: Identity) -> str | None:
         """Why a connected node must be cut off now (revoked, removed), or None."""
@@ -171,10 +213,11 @@ class SuperLink:
 
     # -- lifecycle -----------------------------------------------------------------------
 
-    def _server(self, name: str) -> grpc.Server:
+    def _server(self, name: str, *interceptors: grpc.ServerInterceptor) -> grpc.Server:
         return grpc.server(
             ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix=name),
             options=_grpc_options(self.config.max_message_bytes),
+            interceptors=list(interceptors),
             maximum_concurrent_rpcs=self.config.max_workers * 4,
         )
 
@@ -183,9 +226,10 @@ class SuperLink:
         recovery = self.state.recover_after_restart()
         if recovery.failed_run_ids:
             _log.warning("runs failed by the restart", run_ids=list(recovery.failed_run_ids))
-        warning = expiry_warning(self._tls.certificate, datetime.now(UTC))
-        if warning:
-            _log.warning("server certificate expiring", detail=warning)
+        if self._tls is not None:
+            warning = expiry_warning(self._tls.certificate, datetime.now(UTC))
+            if warning:
+                _log.warning("server certificate expiring", detail=warning)
         cfg = self.config
         appio = self._server("appio")
         self.appio_port = appio.add_insecure_port(f"{cfg.appio_host}:0")
@@ -213,10 +257,11 @@ class SuperLink:
                 max_message_bytes=cfg.max_message_bytes,
                 on_disconnect=self._node_went_offline,
                 still_admitted=self._still_admitted,
+                unsafe_unsigned_replies=cfg.unsafe_insecure,
             ),
             fleet,
         )
-        self.fleet_port = fleet.add_secure_port(cfg.fleet_address, self._tls.credentials())
+        self.fleet_port = self._bind(fleet, cfg.fleet_address)
         control = self._secure_server("control", CONTROL_METHODS, verifier)
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlServicer(
@@ -224,7 +269,7 @@ class SuperLink:
             ),
             control,
         )
-        self.control_port = control.add_secure_port(cfg.control_address, self._tls.credentials())
+        self.control_port = self._bind(control, cfg.control_address)
         for server in (appio, fleet, control):
             server.start()
         self._servers = [fleet, control, appio]
@@ -238,9 +283,18 @@ class SuperLink:
             backend=self.state.backend,
         )
 
+    def _bind(self, server: grpc.Server, address: str) -> int:
+        if self._tls is None:
+            return int(server.add_insecure_port(address))
+        return int(server.add_secure_port(address, self._tls.credentials()))
+
     def _secure_server(
         self, name: str, methods: dict[str, object], verifier: RequestVerifier
     ) -> grpc.Server:
+        auth: AuthInterceptor
+        if self._tls is None:
+            auth = UnsafeHeaderAuthInterceptor(methods, is_enrolled=self._is_enrolled)  # type: ignore[arg-type]
+            return self._server(name, ErrorTranslator(), auth)
         auth = AuthInterceptor(
             methods,  # type: ignore[arg-type]
             ca_cert=self._ca_cert,
@@ -251,12 +305,7 @@ class SuperLink:
                 "call refused", method=refusal.method, peer=refusal.peer, reason=refusal.reason
             ),
         )
-        return grpc.server(
-            ThreadPoolExecutor(max_workers=self.config.max_workers, thread_name_prefix=name),
-            options=_grpc_options(self.config.max_message_bytes),
-            interceptors=[ErrorTranslator(), auth],
-            maximum_concurrent_rpcs=self.config.max_workers * 4,
-        )
+        return self._server(name, ErrorTranslator(), auth)
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Stop serving, stop every ServerApp, close the state."""

@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_random_exponential
 
 from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES, extract_bundle
@@ -37,7 +38,9 @@ from appliance.supernode.clientapp_runner import ClientAppProcess
 from appliance.transport import Assembler, iter_chunks, reply_digest
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
 from certs import SigningInterceptor, client_credentials, load_certificate, load_signing_key
+from certs.roles import Role
 from certs.signing import EnvelopeKind, EnvelopeSigner
+from certs.unsafe_dev import UnsafeIdentityHeader
 from certs.verify import expiry_warning
 
 __all__ = ["SuperNode", "SuperNodeConfig"]
@@ -52,16 +55,19 @@ class SuperNodeConfig:
     """Everything a SuperNode needs to start."""
 
     superlink: str
-    ca_certificate: Path
-    certificate: Path
-    key: Path
-    signing_key: Path
+    ca_certificate: Path | None
+    certificate: Path | None
+    key: Path | None
+    signing_key: Path | None
     data_dir: Path
     node_config: UserConfig = field(default_factory=dict)
     max_message_bytes: int = 2 * 2**30
     clientapp_timeout_s: float = 3600.0
     error_detail: ErrorDetail = ErrorDetail.MESSAGE
     max_backoff_s: float = 5.0
+    #: DEVELOPMENT ONLY: plain TCP, the node claims ``unsafe_name``, replies unsigned.
+    unsafe_insecure: bool = False
+    unsafe_name: str = ""
 
 
 @dataclass
@@ -79,22 +85,24 @@ class SuperNode:
 
     def __init__(self, config: SuperNodeConfig) -> None:
         self.config = config
-        credentials = client_credentials(
-            ca_certificate=config.ca_certificate, certificate=config.certificate, key=config.key
-        )
-        warning = expiry_warning(load_certificate(config.certificate), datetime.now(UTC))
-        if warning:
-            _log.warning("node certificate expiring", detail=warning)
-        key = load_signing_key(config.signing_key)
-        self._signer = EnvelopeSigner(key)
         options = [
             ("grpc.max_receive_message_length", 8 * 2**20),
             ("grpc.keepalive_time_ms", 10_000),
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
-        channel = grpc.secure_channel(config.superlink, credentials, options=options)
-        self._channel = grpc.intercept_channel(channel, SigningInterceptor(key))
+        self._signer: EnvelopeSigner | None
+        if config.unsafe_insecure:
+            _log.warning("INSECURE MODE: plain TCP, claimed identity, unsigned replies")
+            channel = grpc.insecure_channel(config.superlink, options=options)
+            self._channel = grpc.intercept_channel(
+                channel, UnsafeIdentityHeader(Role.NODE, config.unsafe_name)
+            )
+            self._signer = None
+        else:
+            channel, key = self._secure_channel(config, options)
+            self._channel = grpc.intercept_channel(channel, SigningInterceptor(key))
+            self._signer = EnvelopeSigner(key)
         self._raw_channel = channel
         self._stub = FleetStub(self._channel)
         self._stopping = threading.Event()
@@ -104,6 +112,26 @@ class SuperNode:
         self._subscription: grpc.Future | None = None
         self.node_id = 0
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @staticmethod
+    def _secure_channel(
+        config: SuperNodeConfig, options: list[tuple[str, int]]
+    ) -> tuple[grpc.Channel, Ed25519PrivateKey]:
+        if (
+            config.ca_certificate is None
+            or config.certificate is None
+            or config.key is None
+            or config.signing_key is None
+        ):
+            raise ValueError("a SuperNode needs --ca, --cert, --key and --signing-key")
+        warning = expiry_warning(load_certificate(config.certificate), datetime.now(UTC))
+        if warning:
+            _log.warning("node certificate expiring", detail=warning)
+        credentials = client_credentials(
+            ca_certificate=config.ca_certificate, certificate=config.certificate, key=config.key
+        )
+        channel = grpc.secure_channel(config.superlink, credentials, options=options)
+        return channel, load_signing_key(config.signing_key)
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -213,14 +241,20 @@ class SuperNode:
             error_reason=error.reason,
             content_sha256=hashlib.sha256(frame).digest() if frame else b"",
         )
-        envelope = self._signer.sign(kind=EnvelopeKind.REPLY, method=PUSH_REPLY_METHOD, body=digest)
+        signature = (
+            b""
+            if self._signer is None
+            else self._signer.sign(
+                kind=EnvelopeKind.REPLY, method=PUSH_REPLY_METHOD, body=digest
+            ).to_bytes()
+        )
         head = pb.ReplyHead(
             metadata=metadata,
             is_error=reply.has_error(),
             error_code=error.code,
             error_reason=error.reason,
             content_size=len(frame),
-            signature=envelope.to_bytes(),
+            signature=signature,
         )
 
         def chunks() -> Iterator[pb.ReplyChunk]:

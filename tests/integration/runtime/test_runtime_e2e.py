@@ -216,3 +216,64 @@ def test_a_model_larger_than_a_grpc_message_travels_in_chunks(federation: Federa
     )
     assert code == 0, err + federation.log("superlink")
     assert "final sum 4500000.0000" in out  # mean step 1.5 on 3M weights
+
+
+def test_insecure_development_mode_works_and_says_so_loudly(federation: Federation):
+    from appliance.state import State
+
+    base = [
+        "--data-dir",
+        str(federation.root / "superlink"),
+        "--node-grace",
+        "1.0",
+        "--fleet-address",
+        f"127.0.0.1:{federation.fleet_port}",
+        "--control-address",
+        f"127.0.0.1:{federation.control_port}",
+    ]
+    federation.superlink = federation._spawn("superlink", "superlink", "--insecure", *base)
+    wait_for(lambda: "superlink ready" in federation.log("superlink"), 30, "the SuperLink")
+    for i, name in enumerate(("dev-a", "dev-b")):
+        federation.nodes[name] = federation._spawn(
+            f"node-{name}",
+            "supernode",
+            "--insecure",
+            "--name",
+            name,
+            "--superlink",
+            f"127.0.0.1:{federation.fleet_port}",
+            "--data-dir",
+            str(federation.root / name),
+            "--node-config",
+            f"partition-id={i}",
+        )
+    config = federation.root / "config-dev"
+    config.mkdir()
+    (config / "federations.toml").write_text(
+        f'[federations.dev]\naddress = "127.0.0.1:{federation.control_port}"\n'
+        'insecure = true\nuser = "dev"\n'
+    )
+    import os
+
+    os.environ["GREENHOUSE_CONFIG_DIR"] = str(config)
+    try:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            from appliance.cli import main
+
+            wait_for(lambda: _two_nodes_online(federation), 30, "insecure nodes online")
+            assert main(["run", str(PROBE), "--federation", "dev"]) == 0
+    finally:
+        del os.environ["GREENHOUSE_CONFIG_DIR"]
+    assert "final sum 30.0000" in out.getvalue()
+    assert "FOR DEVELOPMENT ONLY" in federation.log("superlink")
+    federation.kill_superlink()
+    with State.open(None, data_dir=federation.root / "superlink") as state:
+        assert [e.kind for e in state.list_events()] == ["superlink.insecure"]
+
+
+def _two_nodes_online(federation: Federation) -> bool:
+    from appliance.state import State
+
+    with State.open(None, data_dir=federation.root / "superlink") as state:
+        return len(state.online_node_ids()) == 2
