@@ -277,3 +277,24 @@ def _two_nodes_online(federation: Federation) -> bool:
 
     with State.open(None, data_dir=federation.root / "superlink") as state:
         return len(state.online_node_ids()) == 2
+
+
+def test_a_missing_dependency_at_a_site_is_an_error_reply_naming_it(federation: Federation):
+    import shutil
+
+    app = federation.root / "needsdep"
+    shutil.copytree(PROBE, app)
+    client = app / "probe" / "client_app.py"
+    client.write_text("import no_such_package_xyz  # noqa\n" + client.read_text())
+    start(federation, 2)
+    code, out, err = federation.cli(
+        "alice", "run", str(app), "--federation", "test", "--run-config", "num-server-rounds=1"
+    )
+    assert code == 0, err
+    assert (
+        out.count(
+            "error reply 7: cannot import 'probe.client_app': no module named 'no_such_package_xyz'"
+        )
+        == 2
+    )
+    assert "final sum 0.0000" in out  # no usable reply: the model stays as it was
