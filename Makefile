@@ -1,17 +1,22 @@
 # Greenhouse developer commands. `make demo` and `make test` bootstrap .venv themselves.
 PYTHON ?= python3
+# Extras installed into .venv; CI adds torch (see .ci/run).
+EXTRAS ?= dev,examples
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-local test lint typecheck proto bench clean-venv
+.PHONY: demo demo-local test lint typecheck proto bench clean-venv FORCE
+FORCE:
 
-$(STAMP): pyproject.toml
+# Reinstall when pyproject.toml changes or a different EXTRAS set is asked for.
+INSTALLED := $(shell cat $(STAMP) 2>/dev/null)
+$(STAMP): pyproject.toml $(if $(filter $(EXTRAS),$(INSTALLED)),,FORCE)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required")'
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV) || { $(PYTHON) -m pip install --user virtualenv && $(PYTHON) -m virtualenv $(VENV); }
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,examples]'
-	@touch $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS)]'
+	@echo "$(EXTRAS)" > $(STAMP)
 
 # A real federation on this machine: CA, SuperLink, three hospital SuperNodes, mTLS.
 demo: $(STAMP)
