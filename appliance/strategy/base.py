@@ -6,6 +6,11 @@ reach ``aggregate_*`` as a :class:`Replies` stream while they arrive: error repl
 are filtered out and recorded as failures, and an aggregator that finds a reply
 unusable calls :meth:`Replies.reject`, so every failure is reported with its node
 and reason, and nothing has to hold all replies in memory.
+
+With ``start(..., secure_aggregation=...)`` a *linear* strategy (``is_linear``)
+hands each training round to a :class:`~appliance.secure_aggregation.SecureAggregation`
+(e.g. ``secagg.SecAggPlus``) through :meth:`Strategy.aggregate_train_secure`, so the
+server sees only the aggregate; non-linear strategies refuse it.
 """
 
 from __future__ import annotations
@@ -15,12 +20,14 @@ import random
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from appliance.errors import StrategyError
 from appliance.grid import Grid
 from appliance.logs import get_logger
 from appliance.message import Message
 from appliance.records import ArrayRecord, ConfigRecord, MetricRecord
+from appliance.secure_aggregation import SecureAggregation
 
 __all__ = ["EvaluateFn", "Failure", "Replies", "Result", "Strategy"]
 
@@ -86,7 +93,15 @@ class Result:
 
 
 class Strategy(abc.ABC):
-    """Base class of federated strategies (configure, aggregate, repeat)."""
+    """Base class of federated strategies (configure, aggregate, repeat).
+
+    Attributes:
+        is_linear: whether training aggregation is a function of the (weighted) sum
+            of the updates, so it can run under secure aggregation. Subclasses that
+            are linear set it and implement :meth:`aggregate_train_secure`.
+    """
+
+    is_linear: ClassVar[bool] = False
 
     @abc.abstractmethod
     def configure_train(
@@ -110,6 +125,24 @@ class Strategy(abc.ABC):
     def aggregate_evaluate(self, server_round: int, replies: Replies) -> MetricRecord | None:
         """Combine evaluation replies into metrics."""
 
+    def aggregate_train_secure(
+        self,
+        server_round: int,
+        messages: list[Message],
+        grid: Grid,
+        secure_aggregation: SecureAggregation,
+        timeout: float,
+    ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Failure]]:
+        """Run this round's training under ``secure_aggregation`` (linear strategies only).
+
+        Returns:
+            New arrays (None keeps the old), metrics, and the failures of the round.
+
+        Raises:
+            StrategyError: the strategy does not support secure aggregation.
+        """
+        raise StrategyError(f"{type(self).__name__} does not support secure aggregation")
+
     def start(
         self,
         *,
@@ -120,6 +153,7 @@ class Strategy(abc.ABC):
         train_config: ConfigRecord | None = None,
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: EvaluateFn | None = None,
+        secure_aggregation: SecureAggregation | None = None,
     ) -> Result:
         """Run ``num_rounds`` rounds of training and evaluation.
 
@@ -132,15 +166,29 @@ class Strategy(abc.ABC):
             evaluate_config: sent with every evaluation message (plus ``server-round``).
             evaluate_fn: server-side evaluation ``(round, arrays) -> metrics``, called
                 before the first round (round 0) and after each round.
+            secure_aggregation: if given (e.g. ``secagg.SecAggPlus(...)``), every
+                training round goes through it and the server sees only the aggregate.
 
         Returns:
             The final arrays and the metrics and failures of every round.
 
         Raises:
-            StrategyError: not enough nodes became available within ``timeout``.
+            StrategyError: not enough nodes became available within ``timeout``, or
+                ``secure_aggregation`` was given to a strategy that is not linear.
         """
         if num_rounds < 0:
             raise ValueError(f"num_rounds must be >= 0, got {num_rounds}")
+        if secure_aggregation is not None:
+            if not self.is_linear:
+                raise StrategyError(
+                    f"{type(self).__name__} is not linear: secure aggregation reveals only a "
+                    "sum, which this strategy cannot aggregate from"
+                )
+            if not isinstance(secure_aggregation, SecureAggregation):
+                raise StrategyError(
+                    f"secure_aggregation must implement aggregate_round(), got "
+                    f"{type(secure_aggregation).__name__}"
+                )
         result = Result(arrays=initial_arrays)
         self._evaluate_centrally(evaluate_fn, 0, result)
         for server_round in range(1, num_rounds + 1):
@@ -148,9 +196,16 @@ class Strategy(abc.ABC):
             config = ConfigRecord(train_config or {})
             config["server-round"] = server_round
             messages = self.configure_train(server_round, result.arrays, config, grid)
-            replies = Replies(grid, messages, timeout)
-            arrays, metrics = self.aggregate_train(server_round, replies)
-            result.train_failures[server_round] = replies.failures
+            if secure_aggregation is not None:
+                arrays, metrics, failures = self.aggregate_train_secure(
+                    server_round, messages, grid, secure_aggregation, timeout
+                )
+                trained = len(messages) - len(failures)
+            else:
+                replies = Replies(grid, messages, timeout)
+                arrays, metrics = self.aggregate_train(server_round, replies)
+                failures, trained = replies.failures, replies.accepted
+            result.train_failures[server_round] = failures
             if arrays is not None:
                 result.arrays = arrays
             if metrics is not None:
@@ -160,8 +215,8 @@ class Strategy(abc.ABC):
             _log.info(
                 "round finished",
                 round=f"{server_round}/{num_rounds}",
-                trained=replies.accepted,
-                failed=len(replies.failures),
+                trained=trained,
+                failed=len(failures),
                 updated=arrays is not None,
                 seconds=round(time.monotonic() - started, 3),
             )

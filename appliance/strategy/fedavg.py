@@ -6,6 +6,10 @@ aggregated only if it carries exactly the model's arrays (same names, shapes,
 dtypes, finite values) and a positive ``weighted_by_key`` metric; anything else is
 reported as a failure of that node. If fewer than ``min_train_nodes`` replies are
 usable, the round keeps the previous model and says so.
+
+FedAvg is linear (``is_linear``): with ``start(..., secure_aggregation=...)`` each
+training round is aggregated by the secure-aggregation protocol, which returns the
+same weighted mean (within its quantization error) without revealing any update.
 """
 
 from __future__ import annotations
@@ -17,8 +21,9 @@ from appliance.grid import Grid
 from appliance.logs import get_logger
 from appliance.message import Message, MessageType
 from appliance.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from appliance.secure_aggregation import SecureAggregation
 from appliance.strategy.aggregate import InvalidUpdate, WeightedMean, weighted_metrics_mean
-from appliance.strategy.base import Replies, Strategy, sample_nodes
+from appliance.strategy.base import Failure, Replies, Strategy, sample_nodes
 
 __all__ = ["FedAvg", "MetricsAggrFn"]
 
@@ -49,6 +54,8 @@ class FedAvg(Strategy):
         seed: seeds node sampling, for reproducible runs.
         wait_for_nodes_s: how long to wait for ``min_available_nodes`` before failing.
     """
+
+    is_linear = True
 
     def __init__(
         self,
@@ -159,6 +166,41 @@ class FedAvg(Strategy):
             )
             return None, None
         return mean.result(), self.train_metrics_aggr_fn(contents, self.weighted_by_key)
+
+    def aggregate_train_secure(
+        self,
+        server_round: int,
+        messages: list[Message],
+        grid: Grid,
+        secure_aggregation: SecureAggregation,
+        timeout: float,
+    ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Failure]]:
+        """The weighted mean computed by ``secure_aggregation``; keeps the model if it failed."""
+        if not messages:
+            return None, None, []
+        if self._reference is None:
+            raise RuntimeError("aggregate_train_secure called before configure_train")
+        outcome = secure_aggregation.aggregate_round(
+            grid,
+            messages,
+            reference=self._reference,
+            arrays_key=self.arrayrecord_key,
+            weighted_by_key=self.weighted_by_key,
+            timeout=timeout,
+        )
+        failures = [Failure(node_id, reason) for node_id, reason in outcome.failures]
+        if outcome.error is not None:  # the round as a whole: reported as the server's (0)
+            failures.append(Failure(0, f"secure aggregation failed: {outcome.error}"))
+        if outcome.arrays is None or outcome.contributors < self.min_train_nodes:
+            _log.warning(
+                "round keeps the previous model",
+                round=server_round,
+                contributors=outcome.contributors,
+                min_train_nodes=self.min_train_nodes,
+                error=outcome.error,
+            )
+            return None, None, failures
+        return outcome.arrays, outcome.metrics, failures
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -23,6 +23,7 @@ LEAF = {
     "appliance.strategy.aggregate",
     "appliance.strategy.base",
     "appliance.strategy.fedavg",
+    "appliance.secure_aggregation",
 }
 
 
