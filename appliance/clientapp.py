@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from appliance.context import Context
 from appliance.message import Error, ErrorCode, Message, MessageType, check_message_type
 
-__all__ = ["CallNext", "ClientApp", "ErrorDetail", "Handler", "Mod"]
+__all__ = ["CallNext", "ClientApp", "ErrorDetail", "Handler", "Mod", "wrap_with_mods"]
 
 Handler = Callable[[Message, Context], Message]
 CallNext = Handler
@@ -122,9 +122,7 @@ class ClientApp:
                 policy's privacy mods), first outermost.
             error_detail: how much of an exception the error reply reveals.
         """
-        chain: CallNext = self._dispatch
-        for mod in reversed([*mods, *self.mods]):
-            chain = _bind(mod, chain)
+        chain = wrap_with_mods([*mods, *self.mods], self._dispatch)
         try:
             reply = chain(message, context)
         except Exception as exc:
@@ -133,6 +131,14 @@ class ClientApp:
                 reply_to=message,
             )
         return _checked_reply(message, reply)
+
+
+def wrap_with_mods(mods: Sequence[Mod], call: CallNext) -> CallNext:
+    """``call`` wrapped by ``mods``, the first mod outermost."""
+    chain = call
+    for mod in reversed(mods):
+        chain = _bind(mod, chain)
+    return chain
 
 
 def _bind(mod: Mod, call_next: CallNext) -> CallNext:

@@ -64,6 +64,8 @@ class SecAggPlus:
         key_directory: optional; lets the server drop nodes with bad signatures early.
         rng: cryptographically secure random bytes (the round id).
         clock: monotonic seconds, for stage timings in the log.
+        on_stage_closed: called with a stage's name and how many replies it got, when
+            the stage closes (progress display; it runs on the ServerApp's thread).
 
     Raises:
         ParameterError: the settings are out of range.
@@ -86,6 +88,7 @@ class SecAggPlus:
         key_directory: KeyDirectory | None = None,
         rng: Rng = os.urandom,
         clock: Callable[[], float] = time.monotonic,
+        on_stage_closed: Callable[[str, int], None] | None = None,
     ) -> None:
         self._settings: dict[str, Any] = {
             "dropout_fraction": dropout_fraction,
@@ -108,6 +111,7 @@ class SecAggPlus:
         self._directory = key_directory
         self._rng = rng
         self._clock = clock
+        self._on_stage_closed = on_stage_closed
 
     def __repr__(self) -> str:
         """The settings (no secrets here)."""
@@ -240,13 +244,16 @@ class SecAggPlus:
                 failures.setdefault(node, f"{stage.value}: {exc}")
         for node in sorted(server.missing()):
             failures.setdefault(node, f"{stage.value}: no reply before the timeout")
+        replies = len(server.expected) - len(server.missing())
         _log.info(
             "secagg stage closed",
             stage=stage.value,
-            replies=len(server.expected) - len(server.missing()),
+            replies=replies,
             expected=len(server.expected),
             seconds=round(self._clock() - started, 3),
         )
+        if self._on_stage_closed is not None:
+            self._on_stage_closed(stage.value, replies)
 
 
 def _rebuild(reference: ArrayRecord, deltas: npt.NDArray[np.float64]) -> ArrayRecord:

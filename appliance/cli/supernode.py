@@ -22,6 +22,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--cert", type=_FILE, help="This node's certificate.")
 @click.option("--key", type=_FILE, help="This node's TLS key (mode 0600).")
 @click.option("--signing-key", type=_FILE, help="This node's Ed25519 signing key.")
+@click.option("--crl", type=_FILE, help="Federation CRL (SecAgg+ refuses revoked neighbours).")
 @click.option(
     "--insecure",
     is_flag=True,
@@ -47,6 +48,7 @@ def supernode(
     cert: Path | None,
     key: Path | None,
     signing_key: Path | None,
+    crl: Path | None,
     insecure: bool,
     name: str,
     data_dir: Path,
@@ -67,6 +69,7 @@ def supernode(
             signing_key=signing_key,
             data_dir=data_dir,
             node_config=parse_config_pairs(node_config),
+            crl=crl,
             unsafe_insecure=insecure,
             unsafe_name=name,
         )

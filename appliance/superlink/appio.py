@@ -10,7 +10,7 @@ at a time, each read from the blob store in chunks.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
@@ -33,11 +33,18 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
     """Serves the AppIo API to ServerApp subprocesses."""
 
     def __init__(
-        self, state: State, hub: Hub, launcher: RunLauncher, *, max_message_bytes: int
+        self,
+        state: State,
+        hub: Hub,
+        launcher: RunLauncher,
+        *,
+        max_message_bytes: int,
+        on_offline_destination: Callable[[int], None],
     ) -> None:
         self._state = state
         self._hub = hub
         self._launcher = launcher
+        self._on_offline_destination = on_offline_destination
         self._max_message_bytes = max_message_bytes
 
     def _run_id(self, context: grpc.ServicerContext) -> int:
@@ -88,7 +95,10 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
                     sha256=outgoing.content_ref, size=self._state.blobs.size(outgoing.content_ref)
                 )
             stored = self._state.queue_message(meta, content)
-            self._hub.notify_message(stored.dst_node_id, stored.message_id, run_id)
+            if self._hub.is_connected(stored.dst_node_id):
+                self._hub.notify_message(stored.dst_node_id, stored.message_id, run_id)
+            else:  # answered for the node if it does not come back within the grace period
+                self._on_offline_destination(stored.dst_node_id)
             ids.append(stored.message_id)
         return pb.PushMessagesResponse(message_ids=ids)
 

@@ -242,7 +242,11 @@ class SuperLink:
         )
         appio_pb2_grpc.add_AppIoServicer_to_server(
             AppIoServicer(
-                self.state, self.hub, self.launcher, max_message_bytes=cfg.max_message_bytes
+                self.state,
+                self.hub,
+                self.launcher,
+                max_message_bytes=cfg.max_message_bytes,
+                on_offline_destination=self._node_went_offline,
             ),
             appio,
         )

@@ -27,14 +27,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_random_exponential
 
 from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES, extract_bundle
-from appliance.clientapp import ErrorDetail
-from appliance.context import UserConfig
+from appliance.clientapp import ErrorDetail, Mod, wrap_with_mods
+from appliance.context import Context, UserConfig
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.message import Error, ErrorCode, Message
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto.fleet_pb2_grpc import FleetStub
 from appliance.supernode.clientapp_runner import ClientAppProcess
+from appliance.supernode.secagg_keys import secagg_credentials
 from appliance.transport import Assembler, iter_chunks, reply_digest
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
 from certs import SigningInterceptor, client_credentials, load_certificate, load_signing_key
@@ -42,6 +43,7 @@ from certs.roles import Role
 from certs.signing import EnvelopeKind, EnvelopeSigner
 from certs.unsafe_dev import UnsafeIdentityHeader
 from certs.verify import expiry_warning
+from secagg import make_secagg_mod
 
 __all__ = ["SuperNode", "SuperNodeConfig"]
 
@@ -65,6 +67,8 @@ class SuperNodeConfig:
     clientapp_timeout_s: float = 3600.0
     error_detail: ErrorDetail = ErrorDetail.MESSAGE
     max_backoff_s: float = 5.0
+    #: The federation CRL, so SecAgg+ can refuse a revoked neighbour's key.
+    crl: Path | None = None
     #: DEVELOPMENT ONLY: plain TCP, the node claims ``unsafe_name``, replies unsigned.
     unsafe_insecure: bool = False
     unsafe_name: str = ""
@@ -104,6 +108,7 @@ class SuperNode:
             self._channel = grpc.intercept_channel(channel, SigningInterceptor(key))
             self._signer = EnvelopeSigner(key)
         self._raw_channel = channel
+        self._host_mods = self._make_host_mods(config)
         self._stub = FleetStub(self._channel)
         self._stopping = threading.Event()
         self._runs: dict[int, _Run] = {}
@@ -112,6 +117,22 @@ class SuperNode:
         self._subscription: grpc.Future | None = None
         self.node_id = 0
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    @staticmethod
+    def _make_host_mods(config: SuperNodeConfig) -> list[Mod]:
+        """Mods the SuperNode runs itself, around the ClientApp process."""
+        if config.unsafe_insecure:
+            return []  # no keys: SecAgg+ rounds fail at setup with a clear error
+        assert config.ca_certificate
+        assert config.certificate
+        assert config.signing_key
+        credentials = secagg_credentials(
+            ca_certificate=config.ca_certificate,
+            certificate=config.certificate,
+            signing_key=config.signing_key,
+            crl=config.crl,
+        )
+        return [make_secagg_mod(credentials)]
 
     @staticmethod
     def _secure_channel(
@@ -223,12 +244,33 @@ class SuperNode:
             try:
                 if run.process is None:
                     run.process = self._start_clientapp(run, run_context)
-                reply = run.process.handle(message, timeout_s=self.config.clientapp_timeout_s)
+                process = run.process
             except (grpc.RpcError, ValueError, OSError, ApplianceError) as exc:
                 _log.warning("cannot run the ClientApp", run_id=run.run_id, error=_describe(exc))
                 reason = f"node cannot run the app: {_describe(exc)}"
                 reply = Message(Error(ErrorCode.LOAD_CLIENT_APP_FAILED, reason), reply_to=message)
+            else:
+                reply = self._call(process, message, run_context)
         self._push(reply)
+
+    def _call(self, process: ClientAppProcess, message: Message, run: pb.RunContext) -> Message:
+        """The ClientApp's answer, through the SuperNode's own mods (SecAgg+)."""
+
+        def clientapp(msg: Message, _ctx: Context) -> Message:
+            return process.handle(msg, timeout_s=self.config.clientapp_timeout_s)
+
+        context = Context(
+            run_id=run.run_id,
+            node_id=self.node_id,
+            node_config=dict(self.config.node_config),
+            run_config=json.loads(run.run_config_json or "{}"),
+        )
+        try:
+            return wrap_with_mods(self._host_mods, clientapp)(message, context)
+        except Exception as exc:
+            _log.exception("a node mod failed", message_type=message.metadata.message_type)
+            reason = f"node mod failed: {type(exc).__name__}: {exc}"
+            return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
     def _push(self, reply: Message) -> None:
         metadata = encode_metadata(reply.metadata)

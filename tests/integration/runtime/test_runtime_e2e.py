@@ -298,3 +298,33 @@ def test_a_missing_dependency_at_a_site_is_an_error_reply_naming_it(federation: 
         == 2
     )
     assert "final sum 0.0000" in out  # no usable reply: the model stays as it was
+
+
+def test_secagg_round_survives_a_node_killed_after_key_sharing(federation: Federation):
+    start(federation, 5)
+    code, out, _ = federation.cli(
+        "alice",
+        "run",
+        str(PROBE),
+        "--federation",
+        "test",
+        "--detach",
+        "--run-config",
+        "secagg=true num-server-rounds=1 min-nodes=4 pause-after-stage='share-keys' pause-s=4.0",
+    )
+    assert code == 0
+    run_id = int(re.search(r"run (\d+) submitted", out).group(1))
+
+    def log() -> str:
+        return federation.cli("alice", "log", str(run_id), "--federation", "test")[1]
+
+    wait_for(lambda: "stage share-keys closed with 5 replies" in log(), 60, "key sharing")
+    federation.kill_node("n5")  # the ServerApp pauses 4 s before asking for masked inputs
+    status, reason = federation.wait_run("alice", run_id)
+    assert status == "finished", reason + log()
+    text = log()
+    assert "stage masked-input closed with 4 replies" in text
+    # Plain FedAvg over the survivors (steps 1..4, equal weights) gives mean 2.5 on 10
+    # weights; SecAgg+ must match within its quantization error (16 bits over [-10, 10]).
+    final = float(re.search(r"final sum (\S+)", text).group(1))
+    assert abs(final - 25.0) <= 10 * 2 * 10.0 / (2**16 - 1)

@@ -1,5 +1,7 @@
 """FedAvg over the probe ClientApp; prints each round's model sum and failures."""
 
+import time
+
 import numpy as np
 
 from appliance import ArrayRecord, Context, Grid, ServerApp
@@ -20,11 +22,22 @@ def main(grid: Grid, context: Context) -> None:
         min_available_nodes=min_nodes,
         wait_for_nodes_s=30.0,
     )
+    secure = None
+    if cfg["secagg"]:
+        from secagg import SecAggPlus
+
+        def stage_closed(stage: str, replies: int) -> None:
+            print(f"secagg stage {stage} closed with {replies} replies", flush=True)
+            if stage == cfg["pause-after-stage"]:
+                time.sleep(float(cfg["pause-s"]))
+
+        secure = SecAggPlus(clip_range=10.0, on_stage_closed=stage_closed)
     result = strategy.start(
         grid=grid,
         initial_arrays=ArrayRecord([np.zeros(int(cfg["size"]), dtype=np.float32)]),
         num_rounds=int(cfg["num-server-rounds"]),
         timeout=float(cfg["round-timeout"]),
+        secure_aggregation=secure,
     )
     for rnd, failures in sorted(result.train_failures.items()):
         for failure in failures:
