@@ -53,7 +53,6 @@ class Assembler:
         self._buffer = bytearray(expected)
         self._view = memoryview(self._buffer)
         self._filled = 0
-        self._hash = hashlib.sha256()
 
     def add(self, chunk: bytes) -> None:
         """Append one chunk."""
@@ -61,7 +60,6 @@ class Assembler:
         if end > len(self._buffer):
             raise TransportError(f"body is longer than the {len(self._buffer)} bytes declared")
         self._view[self._filled : end] = chunk
-        self._hash.update(chunk)
         self._filled = end
 
     def finish(self) -> bytearray:
@@ -72,11 +70,6 @@ class Assembler:
             )
         self._view.release()
         return self._buffer
-
-    @property
-    def sha256(self) -> bytes:
-        """SHA-256 of what was added so far."""
-        return self._hash.digest()
 
 
 def reply_digest(

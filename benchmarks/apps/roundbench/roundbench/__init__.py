@@ -1,0 +1,1 @@
+"""Round-latency benchmark app (see benchmarks/round.py)."""
