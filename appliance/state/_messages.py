@@ -161,6 +161,34 @@ class MessageStore(Store):
             DuplicateMessage: the message id is taken.
             MessageExpired: ``created_at + ttl`` is already past.
         """
+        return self.queue_messages([(meta, content)], now=now)[0]
+
+    def queue_messages(
+        self,
+        items: Sequence[tuple[Metadata, BlobRef | None]],
+        *,
+        now: float | None = None,
+    ) -> list[StoredMessage]:
+        """Queue several requests in one transaction: all of them or none.
+
+        Same checks and errors as :meth:`queue_message` (one round's messages are
+        pushed together; one transaction keeps SQLite's writers from queueing up).
+        """
+        at = self._now(now)
+        for meta, content in items:
+            self._check_request(meta, content, at)
+        with self._write() as session:
+            stored: list[StoredMessage] = []
+            for meta, content in items:
+                self._running_run(session, meta.run_id)
+                if session.get(NodeRow, meta.dst_node_id) is None:
+                    raise NodeNotFound(meta.dst_node_id)
+                row = row_for(meta, QUEUED, content)
+                self._insert(session, row)
+                stored.append(message_from_row(row))
+            return stored
+
+    def _check_request(self, meta: Metadata, content: BlobRef | None, at: float) -> None:
         if not isinstance(meta, Metadata):
             raise InvalidArgument(f"meta must be Metadata, got {type(meta).__name__}")
         if not meta.message_id:
@@ -173,15 +201,8 @@ class MessageStore(Store):
                 f"{meta.src_node_id} -> {meta.dst_node_id}"
             )
         self._check_content(content)
-        if self._now(now) > meta.expires_at:
+        if at > meta.expires_at:
             raise MessageExpired(f"message {meta.message_id} expired before it was queued")
-        with self._write() as session:
-            self._running_run(session, meta.run_id)
-            if session.get(NodeRow, meta.dst_node_id) is None:
-                raise NodeNotFound(meta.dst_node_id)
-            row = row_for(meta, QUEUED, content)
-            self._insert(session, row)
-            return message_from_row(row)
 
     def get_message(self, message_id: str) -> StoredMessage:
         """Return a stored message (request or reply).

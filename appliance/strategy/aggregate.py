@@ -17,7 +17,13 @@ import numpy.typing as npt
 from appliance.errors import ApplianceError
 from appliance.records import ArrayRecord, MetricRecord, RecordDict
 
-__all__ = ["InvalidUpdate", "WeightedMean", "check_update", "weighted_metrics_mean"]
+__all__ = [
+    "InvalidUpdate",
+    "WeightedMean",
+    "check_update",
+    "weighted_metrics_mean",
+    "without_arrays",
+]
 
 
 class InvalidUpdate(ApplianceError):
@@ -76,6 +82,14 @@ class WeightedMean:
                 mean = np.rint(mean)
             out[name] = mean.astype(expected.dtype)
         return ArrayRecord(out)
+
+
+def without_arrays(content: RecordDict) -> RecordDict:
+    """``content`` minus its ArrayRecords: what metric hooks need, kept O(1) per reply.
+
+    Holding whole replies for their metrics would make a round O(nodes x model).
+    """
+    return RecordDict({k: v for k, v in content.items() if not isinstance(v, ArrayRecord)})
 
 
 def weighted_metrics_mean(records: Sequence[RecordDict], weighted_by_key: str) -> MetricRecord:

@@ -14,26 +14,27 @@ same weighted mean (within its quantization error) without revealing any update.
 
 from __future__ import annotations
 
-import random
 from collections.abc import Callable, Sequence
 
+from appliance.errors import StrategyError
 from appliance.grid import Grid
 from appliance.logs import get_logger
 from appliance.message import Message, MessageType
 from appliance.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from appliance.secure_aggregation import SecureAggregation
-from appliance.strategy.aggregate import InvalidUpdate, WeightedMean, weighted_metrics_mean
-from appliance.strategy.base import Failure, Replies, Strategy, sample_nodes
+from appliance.strategy.aggregate import (
+    InvalidUpdate,
+    WeightedMean,
+    weighted_metrics_mean,
+    without_arrays,
+)
+from appliance.strategy.base import Failure, Replies, Strategy
+from appliance.strategy.sampling import SamplingRecord, check_fraction, new_seed, sample_cohort
 
 __all__ = ["FedAvg", "MetricsAggrFn"]
 
 MetricsAggrFn = Callable[[Sequence[RecordDict], str], MetricRecord]
 _log = get_logger("appliance.strategy.fedavg")
-
-
-def _check_fraction(name: str, value: float) -> None:
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"{name} must be in [0, 1], got {value}")
 
 
 class FedAvg(Strategy):
@@ -51,8 +52,12 @@ class FedAvg(Strategy):
         configrecord_key: where the round's config travels in message content.
         train_metrics_aggr_fn: combines the training metrics (weighted mean by default).
         evaluate_metrics_aggr_fn: combines the evaluation metrics (weighted mean by default).
-        seed: seeds node sampling, for reproducible runs.
+        seed: seeds node sampling, for reproducible runs (default: a random seed,
+            recorded in ``Result.sampling`` so the cohorts can be recomputed).
         wait_for_nodes_s: how long to wait for ``min_available_nodes`` before failing.
+
+    Raises:
+        ValueError: a fraction is outside [0, 1] or a minimum is below 1.
     """
 
     is_linear = True
@@ -73,8 +78,8 @@ class FedAvg(Strategy):
         seed: int | None = None,
         wait_for_nodes_s: float = 600.0,
     ) -> None:
-        _check_fraction("fraction_train", fraction_train)
-        _check_fraction("fraction_evaluate", fraction_evaluate)
+        check_fraction("fraction_train", fraction_train)
+        check_fraction("fraction_evaluate", fraction_evaluate)
         for name, value in (
             ("min_train_nodes", min_train_nodes),
             ("min_evaluate_nodes", min_evaluate_nodes),
@@ -93,8 +98,29 @@ class FedAvg(Strategy):
         self.train_metrics_aggr_fn = train_metrics_aggr_fn or weighted_metrics_mean
         self.evaluate_metrics_aggr_fn = evaluate_metrics_aggr_fn or weighted_metrics_mean
         self.wait_for_nodes_s = wait_for_nodes_s
-        self._rng = random.Random(seed)  # noqa: S311 -- seeded, reproducible sampling
+        self.seed = new_seed() if seed is None else int(seed)
         self._reference: ArrayRecord | None = None
+        self._train_sampling: SamplingRecord | None = None
+
+    def train_sampling(self) -> SamplingRecord | None:
+        """How the cohort of the latest :meth:`configure_train` was drawn."""
+        return self._train_sampling
+
+    def _sample(self, grid: Grid, server_round: int, purpose: str) -> list[int]:
+        train = purpose == "train"
+        node_ids, record = sample_cohort(
+            grid,
+            server_round=server_round,
+            fraction=self.fraction_train if train else self.fraction_evaluate,
+            min_nodes=self.min_train_nodes if train else self.min_evaluate_nodes,
+            min_available=self.min_available_nodes,
+            seed=self.seed,
+            purpose=purpose,
+            wait_s=self.wait_for_nodes_s,
+        )
+        if train:
+            self._train_sampling = record
+        return node_ids
 
     def _messages(
         self,
@@ -115,14 +141,7 @@ class FedAvg(Strategy):
         """Send the model and config to a sample of the available nodes."""
         if self.fraction_train == 0.0:
             return []
-        node_ids = sample_nodes(
-            grid,
-            fraction=self.fraction_train,
-            min_nodes=self.min_train_nodes,
-            min_available=self.min_available_nodes,
-            rng=self._rng,
-            wait_s=self.wait_for_nodes_s,
-        )
+        node_ids = self._sample(grid, server_round, "train")
         self._reference = arrays
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._messages(grid, MessageType.TRAIN, server_round, node_ids, content)
@@ -156,7 +175,7 @@ class FedAvg(Strategy):
             except InvalidUpdate as exc:
                 replies.reject(reply, str(exc))
                 continue
-            contents.append(content)
+            contents.append(without_arrays(content))
         if mean.count < self.min_train_nodes:
             _log.warning(
                 "round keeps the previous model",
@@ -175,7 +194,13 @@ class FedAvg(Strategy):
         secure_aggregation: SecureAggregation,
         timeout: float,
     ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Failure]]:
-        """The weighted mean computed by ``secure_aggregation``; keeps the model if it failed."""
+        """The weighted mean computed by ``secure_aggregation``; keeps the model if it failed.
+
+        Raises:
+            StrategyError: a subclass declared itself not linear.
+        """
+        if not self.is_linear:
+            raise StrategyError(self._not_linear_message())
         if not messages:
             return None, None, []
         if self._reference is None:
@@ -208,14 +233,7 @@ class FedAvg(Strategy):
         """Send the model and config to a sample of the nodes for evaluation."""
         if self.fraction_evaluate == 0.0:
             return []
-        node_ids = sample_nodes(
-            grid,
-            fraction=self.fraction_evaluate,
-            min_nodes=self.min_evaluate_nodes,
-            min_available=self.min_available_nodes,
-            rng=self._rng,
-            wait_s=self.wait_for_nodes_s,
-        )
+        node_ids = self._sample(grid, server_round, "evaluate")
         content = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
         return self._messages(grid, MessageType.EVALUATE, server_round, node_ids, content)
 
@@ -232,7 +250,7 @@ class FedAvg(Strategy):
                     reply, f"reply must report a positive {self.weighted_by_key!r} metric"
                 )
                 continue
-            contents.append(reply.content)
+            contents.append(without_arrays(reply.content))
         if not contents:
             return None
         return self.evaluate_metrics_aggr_fn(contents, self.weighted_by_key)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 
-from appliance.message import SERVER_NODE_ID
+from appliance.message import SERVER_NODE_ID, Metadata
 from appliance.proto import appio_pb2 as pb
 from appliance.proto import appio_pb2_grpc
 from appliance.state import BlobRef, State, StoredMessage
@@ -81,7 +81,8 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         self, request: pb.PushMessagesRequest, context: grpc.ServicerContext
     ) -> pb.PushMessagesResponse:
         run_id = self._run_id(context)
-        ids: list[str] = []
+        items: list[tuple[Metadata, BlobRef | None]] = []
+        sizes: dict[str, int] = {}
         for outgoing in request.messages:
             meta = decode_metadata(outgoing.metadata)
             if meta.run_id != run_id or meta.src_node_id != SERVER_NODE_ID:
@@ -90,17 +91,18 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
                     f"message {meta.message_id} is not a request of run {run_id}",
                 )
             content = None
-            if outgoing.content_ref:
-                content = BlobRef(
-                    sha256=outgoing.content_ref, size=self._state.blobs.size(outgoing.content_ref)
-                )
-            stored = self._state.queue_message(meta, content)
-            if self._hub.is_connected(stored.dst_node_id):
-                self._hub.notify_message(stored.dst_node_id, stored.message_id, run_id)
+            if ref := outgoing.content_ref:
+                if ref not in sizes:
+                    sizes[ref] = self._state.blobs.size(ref)
+                content = BlobRef(sha256=ref, size=sizes[ref])
+            items.append((meta, content))
+        stored = self._state.queue_messages(items)  # one transaction: all or none
+        for message in stored:
+            if self._hub.is_connected(message.dst_node_id):
+                self._hub.notify_message(message.dst_node_id, message.message_id, run_id)
             else:  # answered for the node if it does not come back within the grace period
-                self._on_offline_destination(stored.dst_node_id)
-            ids.append(stored.message_id)
-        return pb.PushMessagesResponse(message_ids=ids)
+                self._on_offline_destination(message.dst_node_id)
+        return pb.PushMessagesResponse(message_ids=[m.message_id for m in stored])
 
     def Receive(
         self, request: pb.ReceiveRequest, context: grpc.ServicerContext

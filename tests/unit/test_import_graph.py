@@ -23,6 +23,12 @@ LEAF = {
     "appliance.strategy.aggregate",
     "appliance.strategy.base",
     "appliance.strategy.fedavg",
+    "appliance.strategy.checkpoint",
+    "appliance.strategy.fedopt",
+    "appliance.strategy.fedprox",
+    "appliance.strategy.robust",
+    "appliance.strategy.robust_rules",
+    "appliance.strategy.sampling",
     "appliance.secure_aggregation",
 }
 

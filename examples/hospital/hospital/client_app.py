@@ -31,6 +31,7 @@ def train(msg: Message, ctx: Context) -> Message:
         learning_rate=float(config["learning-rate"]),
         batch_size=int(ctx.run_config["batch-size"]),
         seed=int(config["server-round"]),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),  # set by FedProx
     )
     metrics = MetricRecord({"train-loss": loss, "num-examples": len(train_set.y)})
     return Message(

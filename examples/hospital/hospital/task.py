@@ -93,9 +93,15 @@ def train(
     learning_rate: float,
     batch_size: int,
     seed: int,
+    proximal_mu: float = 0.0,
 ) -> tuple[list[Array], float]:
-    """Mini-batch gradient descent; returns new parameters and the final training loss."""
+    """Mini-batch gradient descent; returns new parameters and the final training loss.
+
+    With ``proximal_mu > 0`` (FedProx, Li et al. 2020) the loss gains
+    ``(mu / 2) * ||params - start||^2``, so the gradient gains ``mu * (params - start)``.
+    """
     w, b = (p.astype(np.float64) for p in params)
+    w_start, b_start = w.copy(), b.copy()
     rng = np.random.default_rng(seed)
     n = len(data.y)
     for _ in range(epochs):
@@ -104,8 +110,8 @@ def train(
             batch = order[start : start + batch_size]
             x, y = data.x[batch], data.y[batch]
             error = _sigmoid(x @ w + b[0]) - y
-            w -= learning_rate * (x.T @ error) / len(batch)
-            b -= learning_rate * error.mean()
+            w -= learning_rate * ((x.T @ error) / len(batch) + proximal_mu * (w - w_start))
+            b -= learning_rate * (error.mean() + proximal_mu * (b - b_start))
     new = [w.astype(np.float32), b.astype(np.float32)]
     return new, evaluate(new, data)[0]
 

@@ -411,3 +411,15 @@ def test_purge_run_messages(state, world, delivered, body, reply_meta):
         state.get_message(delivered.message_id)
     with pytest.raises(RunNotFound, match="run 5 not found"):
         state.purge_run_messages(5)
+
+
+
+def test_queue_messages_is_all_or_nothing(state, world, body, request_meta):
+    good = [request_meta(world.run_id, n) for n in (world.node_id, world.other_node_id)]
+    stored = state.queue_messages([(m, body) for m in good])
+    assert [s.message_id for s in stored] == [m.message_id for m in good]
+    bad = [request_meta(world.run_id, world.node_id), request_meta(world.run_id, 12345)]
+    with pytest.raises(NodeNotFound):
+        state.queue_messages([(m, body) for m in bad])
+    with pytest.raises(MessageNotFound):
+        state.get_message(bad[0].message_id)  # the first one was rolled back too
