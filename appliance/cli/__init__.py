@@ -16,6 +16,8 @@ import grpc
 
 from appliance.errors import AppConfigError, ApplianceError
 from appliance.logs import configure_logging
+from appliance.supernode.policy import PolicyError
+from audit import AuditError
 from certs import CertError
 
 __all__ = ["cli", "main"]
@@ -24,8 +26,10 @@ __all__ = ["cli", "main"]
 #: errors are added here as their commands are registered.
 EXIT_CODES: list[tuple[type[BaseException], int]] = [
     (AppConfigError, 3),
+    (PolicyError, 7),
     (ApplianceError, 1),
     (CertError, 4),
+    (AuditError, 6),
 ]
 EXIT_USAGE = 2
 EXIT_RPC = 5
@@ -43,9 +47,11 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 def _register_commands() -> None:
+    from appliance.cli import app as app_cmd
     from appliance.cli import ca as ca_cmd
     from appliance.cli import certs as certs_cmd
     from appliance.cli import node as node_cmd
+    from appliance.cli import policy as policy_cmd
     from appliance.cli import run as run_cmd
     from appliance.cli import runs as runs_cmd
     from appliance.cli import superlink as superlink_cmd
@@ -60,6 +66,8 @@ def _register_commands() -> None:
     cli.add_command(certs_cmd.certs)
     cli.add_command(superlink_cmd.superlink)
     cli.add_command(supernode_cmd.supernode)
+    cli.add_command(app_cmd.app)
+    cli.add_command(policy_cmd.policy)
 
 
 _register_commands()

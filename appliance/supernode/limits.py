@@ -1,0 +1,221 @@
+"""Resource limits for a run's ClientApp subprocess, applied between ``fork`` and ``exec``.
+
+What this module enforces, on Linux (the appliance's deployment platform):
+
+* **memory** -- ``RLIMIT_AS`` (virtual address space) of ``memory_bytes``: an
+  allocation past it fails (``MemoryError`` in Python; native code may abort).
+  It counts reserved, not resident, memory, so it must leave room for the
+  interpreter, numpy and thread stacks (a few hundred MB).
+* **CPU time** -- the soft ``RLIMIT_CPU``: past it the kernel sends ``SIGXCPU``
+  every CPU second, which kills the process (Python keeps the default action).
+  The limit counts the process's whole life; :func:`grant_cpu_seconds` re-arms
+  it before each message, making it per message. The hard limit is left as the
+  SuperNode's own (normally unlimited), because only a privileged process may
+  raise a hard limit again: an app that ignores ``SIGXCPU`` is stopped by the
+  wall-time limit instead.
+* **no core dumps** -- ``RLIMIT_CORE = 0``, always: a core file would copy the
+  app's memory, site data included, onto disk.
+* **no network** (``isolate_network``) -- the child enters a new user and network
+  namespace (``unshare(CLONE_NEWUSER | CLONE_NEWNET)``, no privileges needed where
+  the kernel allows unprivileged user namespaces) with its own uid/gid mapped, so
+  files keep their owner. The new namespace has only a loopback interface, and
+  it is down: no socket can reach anything, not even the SuperNode. Where the
+  kernel refuses, the ClientApp does not start (fail closed);
+  :func:`check_network_isolation` says so at SuperNode start.
+
+What it leaves to others: wall time per message (the parent's timeout in
+``ClientAppProcess.handle``); the scrubbed environment and private working
+directory (``clientapp_runner``); a read-only data path and syscall filtering
+(the deployment: a read-only volume, systemd ``ReadOnlyPaths=``,
+``SystemCallFilter=``, the container's seccomp profile). Python cannot drop
+network access portably; on hosts without user namespaces use the unit-level
+controls described in ``docs/site-policy.md``.
+
+The function returned by :func:`make_preexec` runs in the forked child of a
+multi-threaded SuperNode, where only async-signal-safe work is sound: it makes
+plain system calls (``unshare``, ``open``/``write`` on ``/proc/self``,
+``setrlimit``) on values computed before the fork, imports nothing and logs
+nothing.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import math
+import os
+import resource
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from appliance.errors import ApplianceError
+
+__all__ = [
+    "LimitError",
+    "ResourceLimits",
+    "check_network_isolation",
+    "cpu_seconds_used",
+    "grant_cpu_seconds",
+    "make_preexec",
+]
+
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWNET = 0x40000000
+MIN_MEMORY_BYTES = 64 * 2**20
+
+
+class LimitError(ApplianceError):
+    """A resource limit cannot be applied on this host (names the limit and the cause)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceLimits:
+    """Limits for one ClientApp process. ``None`` leaves a resource unlimited."""
+
+    memory_bytes: int | None
+    cpu_seconds: int | None
+    isolate_network: bool
+
+    def __post_init__(self) -> None:
+        if self.memory_bytes is not None and self.memory_bytes < MIN_MEMORY_BYTES:
+            raise ValueError(f"memory_bytes must be >= {MIN_MEMORY_BYTES}, got {self.memory_bytes}")
+        if self.cpu_seconds is not None and self.cpu_seconds < 1:
+            raise ValueError(f"cpu_seconds must be >= 1, got {self.cpu_seconds}")
+
+
+def _libc_unshare() -> Callable[[int], int]:
+    if not sys.platform.startswith("linux"):
+        raise LimitError(f"network isolation needs Linux namespaces; this is {sys.platform}")
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+    unshare: Callable[[int], int] = libc.unshare
+    return unshare
+
+
+def _isolation_steps() -> tuple[Callable[[int], int], tuple[tuple[str, bytes], ...]]:
+    """The unshare call and the /proc writes that map our own uid/gid (computed pre-fork)."""
+    uid, gid = os.getuid(), os.getgid()
+    writes = (
+        ("/proc/self/setgroups", b"deny"),
+        ("/proc/self/uid_map", f"{uid} {uid} 1".encode()),
+        ("/proc/self/gid_map", f"{gid} {gid} 1".encode()),
+    )
+    return _libc_unshare(), writes
+
+
+def _enter_isolated_namespace(
+    unshare: Callable[[int], int], writes: tuple[tuple[str, bytes], ...]
+) -> int:
+    """In the child: unshare user+net namespaces and map ids. 0 on success, else errno."""
+    if unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+        return ctypes.get_errno() or 1
+    for path, data in writes:
+        try:
+            fd = os.open(path, os.O_WRONLY)
+            try:
+                os.write(fd, data)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            return exc.errno or 1
+    return 0
+
+
+def _at_most(value: int, hard: int) -> int:
+    return value if hard == resource.RLIM_INFINITY else min(value, hard)
+
+
+def make_preexec(limits: ResourceLimits) -> Callable[[], None]:
+    """A ``preexec_fn`` for ``subprocess.Popen`` that applies ``limits`` in the child.
+
+    Order matters: the namespace first (it must happen before anything else can
+    fail half-way), then CPU and core limits, and the address-space limit last,
+    because the forked child still has the parent's (possibly larger) memory
+    map until ``exec``.
+
+    Raises:
+        LimitError: (now, in the parent) network isolation is requested on a
+            platform without namespaces. In the child, any failure raises
+            ``OSError``; ``Popen`` then raises ``SubprocessError`` and no child runs.
+    """
+    isolation = _isolation_steps() if limits.isolate_network else None
+    settings: list[tuple[int, tuple[int, int]]] = [(resource.RLIMIT_CORE, (0, 0))]
+    if limits.cpu_seconds is not None:
+        hard = resource.getrlimit(resource.RLIMIT_CPU)[1]  # kept: raising it needs privilege
+        settings.append((resource.RLIMIT_CPU, (_at_most(limits.cpu_seconds, hard), hard)))
+    if limits.memory_bytes is not None:
+        cap = _at_most(limits.memory_bytes, resource.getrlimit(resource.RLIMIT_AS)[1])
+        settings.append((resource.RLIMIT_AS, (cap, cap)))
+
+    def preexec() -> None:
+        if isolation is not None:
+            error = _enter_isolated_namespace(*isolation)
+            if error:
+                raise OSError(error, "cannot isolate the network")
+        for which, values in settings:
+            resource.setrlimit(which, values)
+
+    return preexec
+
+
+def check_network_isolation() -> None:
+    """Probe, once at SuperNode start, whether ``network = "none"`` can be enforced here.
+
+    Forks a child that tries exactly what :func:`make_preexec` does and exits.
+
+    Raises:
+        LimitError: the kernel refuses (with the errno and what to do about it).
+    """
+    unshare, writes = _isolation_steps()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover -- the child
+        os._exit(_enter_isolated_namespace(unshare, writes))
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code != 0:
+        cause = os.strerror(code) if code > 0 else f"killed by signal {-code}"
+        raise LimitError(
+            f"[execution] network = 'none' cannot be enforced on this host ({cause}): "
+            "unprivileged user namespaces are disabled (see user.max_user_namespaces, "
+            "kernel.unprivileged_userns_clone, or a seccomp profile). Enable them, run the "
+            "SuperNode where they are allowed, or set network = 'allowed' and restrict the "
+            "service instead (docs/site-policy.md)"
+        )
+
+
+def cpu_seconds_used(pid: int) -> float:
+    """CPU time (user + system) process ``pid`` has used so far, from ``/proc``.
+
+    Raises:
+        LimitError: the process is gone or ``/proc`` is unavailable.
+    """
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError as exc:
+        raise LimitError(f"cannot read the CPU time of process {pid}: {exc.strerror}") from None
+    # Fields after the command name (which may hold spaces) start after the last ')'.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+
+
+def grant_cpu_seconds(pid: int, cpu_seconds: int) -> None:
+    """Allow process ``pid`` ``cpu_seconds`` more CPU time from now (call before each message).
+
+    Only the soft limit moves (an unprivileged parent may do that), never above
+    the hard limit.
+
+    Raises:
+        LimitError: the platform has no ``prlimit`` or the process is gone.
+    """
+    if not hasattr(resource, "prlimit"):
+        raise LimitError(f"per-message CPU limits need prlimit (Linux); this is {sys.platform}")
+    if cpu_seconds < 1:
+        raise ValueError(f"cpu_seconds must be >= 1, got {cpu_seconds}")
+    soft = math.ceil(cpu_seconds_used(pid)) + cpu_seconds
+    try:
+        _, hard = resource.prlimit(pid, resource.RLIMIT_CPU)
+        resource.prlimit(pid, resource.RLIMIT_CPU, (_at_most(soft, hard), hard))
+    except (OSError, ValueError) as exc:
+        raise LimitError(f"cannot set the CPU limit of process {pid}: {exc}") from None

@@ -1,0 +1,148 @@
+"""ClientApp resource limits: real subprocesses with small limits and bounded time."""
+
+from __future__ import annotations
+
+import math
+import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from appliance.supernode import limits
+from appliance.supernode.limits import (
+    LimitError,
+    ResourceLimits,
+    check_network_isolation,
+    cpu_seconds_used,
+    grant_cpu_seconds,
+    make_preexec,
+)
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux limits")
+TIMEOUT_S = 30
+
+
+def _run(code: str, limits_: ResourceLimits, **kwargs) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-I", "-c", code],
+        preexec_fn=make_preexec(limits_),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT_S,
+        check=False,
+        **kwargs,
+    )
+
+
+def test_allocating_past_the_memory_limit_fails():
+    cap = ResourceLimits(memory_bytes=256 * 2**20, cpu_seconds=None, isolate_network=False)
+    result = _run("b = bytearray(512 * 2**20)\nprint('allocated')", cap)
+    assert result.returncode != 0
+    assert "allocated" not in result.stdout
+    assert "MemoryError" in result.stderr or result.returncode < 0
+
+
+def test_memory_under_the_limit_is_fine():
+    cap = ResourceLimits(memory_bytes=256 * 2**20, cpu_seconds=None, isolate_network=False)
+    result = _run("b = bytearray(16 * 2**20)\nprint('allocated')", cap)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "allocated"
+
+
+def test_a_cpu_loop_is_killed_by_the_cpu_limit():
+    cap = ResourceLimits(memory_bytes=None, cpu_seconds=1, isolate_network=False)
+    result = _run("while True:\n    pass", cap)
+    assert result.returncode == -signal.SIGXCPU
+
+
+def test_core_dumps_are_always_off():
+    cap = ResourceLimits(memory_bytes=None, cpu_seconds=None, isolate_network=False)
+    code = "import resource; print(resource.getrlimit(resource.RLIMIT_CORE))"
+    assert _run(code, cap).stdout.strip() == "(0, 0)"
+
+
+def test_grant_cpu_seconds_rearms_the_limit_per_message():
+    cap = ResourceLimits(memory_bytes=None, cpu_seconds=1, isolate_network=False)
+    code = "import sys\nsys.stdin.readline()\nwhile True:\n    pass"
+    child = subprocess.Popen(
+        [sys.executable, "-I", "-c", code],
+        preexec_fn=make_preexec(cap),
+        stdin=subprocess.PIPE,
+    )
+    try:
+        used = cpu_seconds_used(child.pid)
+        assert 0 <= used < 1
+        grant_cpu_seconds(child.pid, 1)
+        soft, hard = resource.prlimit(child.pid, resource.RLIMIT_CPU)
+        assert soft == math.ceil(used) + 1
+        assert hard == resource.RLIM_INFINITY
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        child.stdin.flush()
+        assert child.wait(timeout=TIMEOUT_S) == -signal.SIGXCPU
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+
+
+def test_cpu_time_of_a_gone_process_is_an_error():
+    child = subprocess.Popen([sys.executable, "-I", "-c", "pass"])
+    child.wait()
+    with pytest.raises(LimitError, match=f"cannot read the CPU time of process {child.pid}"):
+        cpu_seconds_used(child.pid)
+
+
+def test_invalid_limits_are_refused():
+    with pytest.raises(ValueError, match="memory_bytes must be >="):
+        ResourceLimits(memory_bytes=1024, cpu_seconds=None, isolate_network=False)
+    with pytest.raises(ValueError, match="cpu_seconds must be >= 1"):
+        ResourceLimits(memory_bytes=None, cpu_seconds=0, isolate_network=False)
+
+
+def _isolation_available() -> bool:
+    try:
+        check_network_isolation()
+    except LimitError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _isolation_available(), reason="no user namespaces on this host")
+def test_isolated_child_reaches_no_network_and_keeps_its_uid(tmp_path):
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    port = server.getsockname()[1]
+    code = (
+        "import os, socket\n"
+        "open('made-here', 'w').close()\n"
+        "s = socket.socket()\n"
+        "s.settimeout(5)\n"
+        "try:\n"
+        f"    s.connect(('127.0.0.1', {port}))\n"
+        "    print('connected')\n"
+        "except OSError as exc:\n"
+        "    print('refused', exc.errno)\n"
+    )
+    try:
+        cap = ResourceLimits(memory_bytes=None, cpu_seconds=None, isolate_network=True)
+        result = _run(code, cap, cwd=tmp_path)
+    finally:
+        server.close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("refused"), result.stdout
+    assert (tmp_path / "made-here").stat().st_uid == os.getuid()
+
+
+def test_network_isolation_fails_closed_when_the_kernel_refuses(monkeypatch):
+    monkeypatch.setattr(limits, "_libc_unshare", lambda: lambda _flags: -1)
+    with pytest.raises(LimitError, match=r"network = 'none' cannot be enforced on this host"):
+        check_network_isolation()
+    cap = ResourceLimits(memory_bytes=None, cpu_seconds=None, isolate_network=True)
+    with pytest.raises(subprocess.SubprocessError):
+        _run("print('ran')", cap)
