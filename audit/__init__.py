@@ -25,11 +25,21 @@ Example::
             log.append(audit.SYSTEM, "run.started", {"run_id": "r-1"}, connection=conn)
     audit.export(engine, "export-dir")
     report = audit.verify_export("export-dir", signer.verifier_key().encode())
+
+Retention, witnesses and reconciliation::
+
+    audit.archive(log, before=datetime(2025, 1, 1, tzinfo=UTC), out_dir="archive-2024")
+    audit.verify_chain(["archive-2024", "export-dir"], signer.verifier_key())
+    witness = audit.Witness(signer=site_witness_key, log_key=superlink_vkey, clock=clock)
+    cosigned = witness.cosign(note_text, proof)      # raises LogRolledBack / LogForked
+    report = audit.reconcile("site-export", "link-export", site_key=..., link_key=...)
 """
 
 from __future__ import annotations
 
+from audit.archive import ArchiveSummary, archive
 from audit.canonical import canonical_json
+from audit.chain import ChainReport, check_chain, verify_chain
 from audit.checkpoint import (
     Checkpoint,
     Cosignature,
@@ -57,9 +67,13 @@ from audit.errors import (
     ChainBroken,
     ExportFailed,
     InconsistentCheckpoints,
+    LogForked,
+    LogRolledBack,
     MalformedEntry,
     MalformedNote,
     ProofError,
+    ReconcileFailed,
+    SegmentBroken,
     TreeMismatch,
     TruncatedLog,
     UnsignedEntries,
@@ -69,9 +83,20 @@ from audit.export import ExportSummary, export
 from audit.log import AuditLog, Clock
 from audit.note import KeyType, Note, NoteSignature, NoteSigner, VerifierKey, parse_verifier_key
 from audit.proofs import ConsistencyProof, InclusionProof
+from audit.query import (
+    DatabaseSource,
+    EntryQuery,
+    EntrySource,
+    ExportSource,
+    open_source,
+    open_sqlite,
+)
+from audit.reconcile import Finding, FindingKind, ReconcileReport, reconcile
+from audit.segment import Segment
 from audit.tree import (
     EMPTY_ROOT,
     CompactRange,
+    MerkleLevels,
     TreeBuilder,
     leaf_hash,
     node_hash,
@@ -86,6 +111,7 @@ from audit.verify import (
     check_export,
     verify_export,
 )
+from audit.witness import Cosigned, Witness
 
 __all__ = [
     "EMPTY_ROOT",
@@ -93,33 +119,49 @@ __all__ = [
     "Action",
     "Actor",
     "AppendFailed",
+    "ArchiveSummary",
     "AuditError",
     "AuditLog",
     "AuditUsageError",
     "BadSignature",
     "CanonicalJSONError",
     "ChainBroken",
+    "ChainReport",
     "Checkpoint",
     "CheckpointReport",
     "Clock",
     "CompactRange",
     "ConsistencyProof",
     "Cosignature",
+    "Cosigned",
+    "DatabaseSource",
     "Entry",
+    "EntryQuery",
+    "EntrySource",
     "ExportFailed",
     "ExportReport",
+    "ExportSource",
     "ExportSummary",
+    "Finding",
+    "FindingKind",
     "InclusionProof",
     "InconsistentCheckpoints",
     "KeyType",
+    "LogForked",
+    "LogRolledBack",
     "MalformedEntry",
     "MalformedNote",
+    "MerkleLevels",
     "Note",
     "NoteSignature",
     "NoteSigner",
     "Problem",
     "ProblemKind",
     "ProofError",
+    "ReconcileFailed",
+    "ReconcileReport",
+    "Segment",
+    "SegmentBroken",
     "TreeBuilder",
     "TreeMismatch",
     "TruncatedLog",
@@ -127,7 +169,10 @@ __all__ = [
     "VerificationError",
     "VerifiedCheckpoint",
     "VerifierKey",
+    "Witness",
+    "archive",
     "canonical_json",
+    "check_chain",
     "check_export",
     "cosign_checkpoint",
     "encode_entry",
@@ -135,10 +180,14 @@ __all__ = [
     "export",
     "leaf_hash",
     "node_hash",
+    "open_source",
+    "open_sqlite",
     "parse_checkpoint",
     "parse_entry",
     "parse_verifier_key",
+    "reconcile",
     "sign_checkpoint",
+    "verify_chain",
     "verify_checkpoint",
     "verify_consistency",
     "verify_export",

@@ -102,6 +102,10 @@ class Action(StrEnum):
     SUPERLINK_STARTED = "superlink.started"
     SUPERLINK_INSECURE = "superlink.insecure"
     AUDIT_ARCHIVED = "audit.archived"
+    # Added for reconciliation (docs/audit.md "Entries the runtime writes"); the
+    # vocabulary only grows, so a verifier must be at least as new as the writer.
+    REPLY_RECEIVED = "reply.received"
+    CHECKPOINT_SEEN = "checkpoint.seen"
 
 
 _ACTIONS = frozenset(a.value for a in Action)

@@ -26,9 +26,13 @@ __all__ = [
     "ChainBroken",
     "ExportFailed",
     "InconsistentCheckpoints",
+    "LogForked",
+    "LogRolledBack",
     "MalformedEntry",
     "MalformedNote",
     "ProofError",
+    "ReconcileFailed",
+    "SegmentBroken",
     "TreeMismatch",
     "TruncatedLog",
     "UnsignedEntries",
@@ -99,6 +103,23 @@ class BadSignature(VerificationError):
 
 class InconsistentCheckpoints(VerificationError):
     """Two signed tree heads cannot both describe the same append-only log."""
+
+
+class LogRolledBack(InconsistentCheckpoints):
+    """A tree head is smaller than one already seen: the log was rolled back."""
+
+
+class LogForked(InconsistentCheckpoints):
+    """A tree head does not extend one already seen (no valid consistency proof)."""
+
+
+class SegmentBroken(VerificationError):
+    """A segment export does not continue its sealing tree head, or a chain of
+    segments has a gap or overlap between two of them."""
+
+
+class ReconcileFailed(VerificationError):
+    """A site's log and the SuperLink's log disagree (see the report's findings)."""
 
 
 class TruncatedLog(VerificationError):

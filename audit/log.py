@@ -14,7 +14,8 @@
   updated in O(log n) per append;
 * **signed tree heads** - a C2SP checkpoint signed with the injected Ed25519
   key every ``checkpoint_every`` entries (in the same transaction as the entry
-  that completes the batch), and on :meth:`AuditLog.checkpoint` / :meth:`AuditLog.close`.
+  that completes the batch), and on :meth:`AuditLog.checkpoint` / :meth:`AuditLog.close`;
+  :meth:`AuditLog.checkpoint_at` signs one at an earlier size (an archive's seal).
 
 How the in-memory tree state stays right: an append made in the caller's
 transaction first reads the last stored ``(seq, leaf_hash)`` *through that
@@ -37,11 +38,12 @@ from datetime import datetime
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy import Connection, Engine, insert, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from audit.checkpoint import Checkpoint, sign_checkpoint
+from audit.checkpoint import Checkpoint, parse_checkpoint, sign_checkpoint
 from audit.entry import GENESIS_PREV, Action, Actor, Entry, encode_entry, format_time
 from audit.errors import AppendFailed, AuditUsageError, BadSignature, MalformedEntry, MalformedNote
 from audit.note import (
@@ -50,6 +52,7 @@ from audit.note import (
     VerifierKey,
     parse_note,
     parse_signature_line,
+    parse_verifier_key,
 )
 from audit.proofs import (
     ConsistencyProof,
@@ -63,6 +66,7 @@ from audit.schema import (
     audit_entries,
     ensure_schema,
     iter_leaf_hashes,
+    latest_archive,
     latest_checkpoint,
     read_tail,
 )
@@ -72,6 +76,8 @@ __all__ = ["AuditLog", "Clock"]
 
 Clock = Callable[[], datetime]
 """Returns the current time as a timezone-aware ``datetime``."""
+
+_MAX_SIZE = 2**63 - 1
 
 
 def _action(value: Action | str) -> Action:
@@ -141,6 +147,43 @@ class AuditLog:
                 self._sync(conn)
         except SQLAlchemyError as exc:
             raise AppendFailed(f"cannot open the audit log: {type(exc).__name__}") from exc
+
+    @classmethod
+    def reopen(
+        cls,
+        engine: Engine,
+        private_key: Ed25519PrivateKey,
+        *,
+        clock: Clock,
+        checkpoint_every: int = 1000,
+    ) -> AuditLog:
+        """Open an existing log with its signing key; name and origin come from the log.
+
+        The key name and checkpoint origin are read from the latest stored tree
+        head, whose public key must be ``private_key``'s (so an operator tool
+        cannot extend a log with the wrong key).
+
+        Raises:
+            AuditUsageError: no tree head is stored, or it is signed by another key.
+            AppendFailed: the database could not be read.
+        """
+        try:
+            with engine.connect() as conn:
+                row = latest_checkpoint(conn, _MAX_SIZE)
+        except SQLAlchemyError as exc:
+            raise AppendFailed(f"cannot read the audit log: {type(exc).__name__}") from exc
+        if row is None:
+            raise AuditUsageError("the database holds no signed tree head: not an audit log yet")
+        stored = parse_verifier_key(row.signer_vkey)
+        signer = NoteSigner(name=stored.name, private_key=private_key)
+        if signer.verifier_key() != stored:
+            raise AuditUsageError(
+                f"the key given is not the log's signing key {stored.name}+{stored.key_id.hex()}"
+            )
+        origin = parse_checkpoint(parse_note(row.note).text).origin
+        return cls(
+            engine, signer=signer, clock=clock, origin=origin, checkpoint_every=checkpoint_every
+        )
 
     @property
     def engine(self) -> Engine:
@@ -290,14 +333,14 @@ class AuditLog:
             self._write_checkpoint(conn)
         return entry
 
-    def _write_checkpoint(self, conn: Connection) -> str:
-        size = self._builder.size
+    def _write_checkpoint(self, conn: Connection, state: CompactRange | None = None) -> str:
+        state = self._builder.compact_range() if state is None else state
+        size = state.size
         existing = conn.execute(
             select(audit_checkpoints.c.note).where(audit_checkpoints.c.tree_size == size)
         ).first()
         if existing is not None:
             return str(existing.note)
-        state = self._builder.compact_range()
         root = state.root()
         note = sign_checkpoint(
             Checkpoint(origin=self._origin, size=size, root_hash=root), self._signer
@@ -338,6 +381,47 @@ class AuditLog:
             except SQLAlchemyError as exc:
                 raise AppendFailed(
                     f"tree head at size {self._builder.size} was not stored: {type(exc).__name__}"
+                ) from exc
+
+    def checkpoint_at(self, tree_size: int) -> str:
+        """Sign and store a tree head at an earlier size (idempotent per size).
+
+        Used to seal an archive cut (:func:`audit.archive.archive`). The tree
+        state at ``tree_size`` is rebuilt from the nearest stored tree head
+        below it plus the leaf hashes in between.
+
+        Returns:
+            The signed note text.
+
+        Raises:
+            AuditUsageError: the log is closed, or ``tree_size`` is outside the stored log.
+            AppendFailed: the tree head could not be stored.
+        """
+        with self._lock:
+            self._check_open()
+            try:
+                with self._engine.begin() as conn:
+                    self._sync(conn)
+                    cut = latest_archive(conn)
+                    first = 0 if cut is None else cut.tree_size
+                    if not first <= tree_size <= self._builder.size:
+                        raise AuditUsageError(
+                            f"tree size {tree_size} is outside the stored log "
+                            f"({first}..{self._builder.size})"
+                        )
+                    row = latest_checkpoint(conn, tree_size)
+                    builder = TreeBuilder()
+                    if row is not None:
+                        builder = TreeBuilder(
+                            CompactRange.from_bytes(row.tree_size, row.compact_range)
+                        )
+                    builder.extend(iter_leaf_hashes(conn, builder.size, tree_size))
+                    if builder.size != tree_size:
+                        raise AppendFailed(f"audit_entries has gaps below seq {tree_size}")
+                    return self._write_checkpoint(conn, builder.compact_range())
+            except SQLAlchemyError as exc:
+                raise AppendFailed(
+                    f"tree head at size {tree_size} was not stored: {type(exc).__name__}"
                 ) from exc
 
     def add_cosignature(

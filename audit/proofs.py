@@ -6,9 +6,13 @@ RFC 9162 §2.1.3 (inclusion) and §2.1.4 (consistency) proofs for the log in the
 each listed subtree root is recomputed from the stored leaf hashes, streaming
 (O(tree size) rows read, O(log n) memory). Roots come from the signed tree
 head of that size when one is stored, otherwise from the nearest stored
-compact range plus the leaves after it. Every proof is verified before it is
-returned, so a stored leaf hash that disagrees with a signed root is reported
-(:class:`ProofError`) rather than handed out. Read-only: nothing here writes.
+compact range plus the leaves after it. After an archive cut at ``N``
+(:mod:`audit.archive`) the leaves below ``N`` are known only through the cut's
+compact range: proofs about entries ``>= N`` and tree sizes ``>= N`` still work
+(:func:`audit.tree.range_start`), earlier ones are refused - they are in the
+archive. Every proof is verified before it is returned, so a stored leaf hash
+that disagrees with a signed root is reported (:class:`ProofError`) rather than
+handed out. Read-only: nothing here writes.
 """
 
 from __future__ import annotations
@@ -18,13 +22,13 @@ from dataclasses import dataclass
 from sqlalchemy import Connection
 
 from audit.errors import AuditUsageError
-from audit.schema import iter_leaf_hashes, latest_checkpoint, read_tail
+from audit.schema import iter_leaf_hashes, latest_archive, latest_checkpoint, read_tail
 from audit.tree import (
     CompactRange,
     TreeBuilder,
     consistency_ranges,
     inclusion_ranges,
-    root_of,
+    range_start,
     verify_consistency,
     verify_inclusion,
 )
@@ -61,14 +65,32 @@ class ConsistencyProof:
     hashes: tuple[bytes, ...]
 
 
-def _size(conn: Connection, tree_size: int | None) -> int:
+def _base(conn: Connection) -> CompactRange:
+    """The compact range of the latest archive cut (size 0 when nothing was archived)."""
+    cut = latest_archive(conn)
+    if cut is None:
+        return CompactRange(size=0, hashes=())
+    return CompactRange.from_bytes(cut.tree_size, cut.compact_range)
+
+
+def _size(conn: Connection, tree_size: int | None, base: CompactRange) -> int:
     if tree_size is None:
         row = latest_checkpoint(conn, _MAX_SIZE)
         return 0 if row is None else row.tree_size
     stored, _ = read_tail(conn)
-    if not 0 <= tree_size <= stored:
-        raise AuditUsageError(f"tree size {tree_size} is outside 0..{stored} stored entries")
+    if not base.size <= tree_size <= stored:
+        raise AuditUsageError(
+            f"tree size {tree_size} is outside {base.size}..{stored} stored entries"
+            + (" (earlier ones are archived)" if base.size else "")
+        )
     return tree_size
+
+
+def _range_root(conn: Connection, lo: int, hi: int, base: CompactRange) -> bytes:
+    state, first = range_start(lo, hi, base)
+    builder = TreeBuilder(state)
+    builder.extend(iter_leaf_hashes(conn, first, hi))
+    return builder.root()
 
 
 def _root_at(conn: Connection, size: int) -> bytes:
@@ -93,11 +115,15 @@ def read_inclusion_proof(
         tree_size: the tree to prove against; default the latest signed tree head.
 
     Raises:
-        AuditUsageError: index or size out of range.
+        AuditUsageError: index or size out of range, or archived.
         ProofError: the stored leaf hashes do not match the stored root.
     """
-    size = _size(conn, tree_size)
-    hashes = tuple(root_of(iter_leaf_hashes(conn, a, b)) for a, b in inclusion_ranges(index, size))
+    base = _base(conn)
+    size = _size(conn, tree_size, base)
+    if index < base.size:
+        raise AuditUsageError(f"entry {index} is archived (the stored log starts at {base.size})")
+    ranges = inclusion_ranges(index, size)
+    hashes = tuple(_range_root(conn, a, b, base) for a, b in ranges)
     leaf = next(iter_leaf_hashes(conn, index, index + 1))
     root = _root_at(conn, size)
     verify_inclusion(leaf, index, size, hashes, root)
@@ -117,12 +143,18 @@ def read_consistency_proof(
         new_size: the later one; default the latest signed tree head.
 
     Raises:
-        AuditUsageError: sizes out of range.
+        AuditUsageError: sizes out of range, or ``old_size`` archived.
         ProofError: the stored leaf hashes do not match the stored roots.
     """
-    size = _size(conn, new_size)
+    base = _base(conn)
+    size = _size(conn, new_size, base)
+    if old_size < base.size and old_size != 0:
+        raise AuditUsageError(
+            f"tree size {old_size} predates the archive cut at {base.size}: "
+            "prove it from the archive"
+        )
     ranges = consistency_ranges(old_size, size)
-    hashes = tuple(root_of(iter_leaf_hashes(conn, a, b)) for a, b in ranges)
+    hashes = tuple(_range_root(conn, a, b, base) for a, b in ranges)
     old_root, new_root = _root_at(conn, old_size), _root_at(conn, size)
     verify_consistency(old_size, size, old_root, new_root, hashes)
     return ConsistencyProof(

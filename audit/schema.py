@@ -1,6 +1,6 @@
 """The audit tables, their append-only triggers, and the read queries over them.
 
-Three tables, portable SQLAlchemy 2.x Core types (SQLite and PostgreSQL):
+Four tables, portable SQLAlchemy 2.x Core types (SQLite and PostgreSQL):
 
 ``audit_entries``
     ``seq`` BIGINT primary key (= Merkle leaf index), ``line`` TEXT (the
@@ -15,13 +15,25 @@ Three tables, portable SQLAlchemy 2.x Core types (SQLite and PostgreSQL):
 ``audit_cosignatures``
     primary key (``tree_size``, ``key_name``, ``key_id`` hex), ``signature_line``
     TEXT, ``witness_vkey`` TEXT, ``created_at`` TEXT.
+``audit_archives``
+    one row per archive cut (:mod:`audit.archive`): ``tree_size`` BIGINT primary
+    key (the sealing tree head = the first ``seq`` still stored), ``start_size``
+    (first ``seq`` of the archived segment), ``root_hash``, ``compact_range``,
+    ``last_leaf_hash`` and ``last_leaf_proof`` (leaf ``tree_size - 1`` and its
+    inclusion proof in the sealed tree, concatenated), ``entries_sha256`` (hex
+    digest of the archive's ``entries.jsonl``), ``before`` and ``created_at``.
 
 UPDATE and DELETE (and TRUNCATE on PostgreSQL) are refused by database
-triggers on all three tables, installed by :func:`ensure_schema`: on SQLite
+triggers on all four tables, installed by :func:`ensure_schema`: on SQLite
 ``BEFORE UPDATE/DELETE ... SELECT RAISE(ABORT, ...)``, on PostgreSQL a plpgsql
 function raising ``insufficient_privilege``. Triggers stop mistakes and casual
 edits; an insider with DDL rights can drop them, which is why the log is also
 hash-chained, Merkle-hashed and signed, and verified offline.
+
+The one sanctioned exception is :func:`unsafe_delete_below`, called only by
+:mod:`audit.archive` after a verified archive was written: inside the caller's
+transaction it drops the DELETE guards, deletes the archived prefix and
+reinstalls them, so no other connection ever sees the tables unguarded.
 
 This module writes no entries (only :mod:`audit.log` appends).
 """
@@ -42,6 +54,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    delete,
     select,
     text,
 )
@@ -50,7 +63,9 @@ from audit.errors import AuditUsageError
 
 __all__ = [
     "APPEND_ONLY_TABLES",
+    "ArchiveRow",
     "CheckpointRow",
+    "audit_archives",
     "audit_checkpoints",
     "audit_cosignatures",
     "audit_entries",
@@ -60,9 +75,11 @@ __all__ = [
     "iter_cosignature_lines",
     "iter_leaf_hashes",
     "iter_lines",
+    "latest_archive",
     "latest_checkpoint",
     "metadata",
     "read_tail",
+    "unsafe_delete_below",
 ]
 
 metadata = MetaData()
@@ -104,7 +121,26 @@ audit_cosignatures = Table(
     Column("created_at", String(32), nullable=False),
 )
 
-APPEND_ONLY_TABLES = ("audit_entries", "audit_checkpoints", "audit_cosignatures")
+audit_archives = Table(
+    "audit_archives",
+    metadata,
+    Column("tree_size", BigInteger, primary_key=True, autoincrement=False),
+    Column("start_size", BigInteger, nullable=False),
+    Column("root_hash", LargeBinary(32), nullable=False),
+    Column("compact_range", LargeBinary, nullable=False),
+    Column("last_leaf_hash", LargeBinary(32), nullable=False),
+    Column("last_leaf_proof", LargeBinary, nullable=False),
+    Column("entries_sha256", String(64), nullable=False),
+    Column("before", String(32), nullable=False),
+    Column("created_at", String(32), nullable=False),
+)
+
+APPEND_ONLY_TABLES = ("audit_entries", "audit_checkpoints", "audit_cosignatures", "audit_archives")
+_ARCHIVED_TABLES = (  # deletion order (foreign keys), with the column holding the position
+    (audit_cosignatures, audit_cosignatures.c.tree_size),
+    (audit_checkpoints, audit_checkpoints.c.tree_size),
+    (audit_entries, audit_entries.c.seq),
+)
 
 _PG_FUNCTION = """
 CREATE OR REPLACE FUNCTION greenhouse_audit_append_only() RETURNS trigger
@@ -168,6 +204,41 @@ def install_append_only_triggers(conn: Connection) -> None:
         raise AuditUsageError(f"audit log supports sqlite and postgresql, not {dialect}")
 
 
+def _sqlite_in_transaction(conn: Connection) -> bool:
+    dbapi = conn.connection.dbapi_connection
+    return bool(getattr(dbapi, "in_transaction", False))
+
+
+def unsafe_delete_below(conn: Connection, tree_size: int) -> None:
+    """Delete entries, tree heads and cosignatures below ``tree_size``, past the triggers.
+
+    WARNING: this is the only code that removes audit rows. Call it only from
+    :func:`audit.archive.archive`, after the archive of those rows was written,
+    synced and verified, in the transaction that also appends the
+    ``audit.archived`` entry and records the cut in ``audit_archives``. The
+    DELETE guards are dropped and reinstalled inside that transaction (DDL is
+    transactional in SQLite and PostgreSQL; PostgreSQL's DROP TRIGGER also
+    locks the tables until commit), so a failure anywhere rolls it all back.
+
+    Raises:
+        AuditUsageError: no database transaction is open on ``conn`` yet (on
+            SQLite the DDL would otherwise commit on its own), or another dialect.
+    """
+    dialect = conn.dialect.name
+    if not conn.in_transaction() or (dialect == "sqlite" and not _sqlite_in_transaction(conn)):
+        raise AuditUsageError("unsafe_delete_below needs a transaction that has already written")
+    for table, column in _ARCHIVED_TABLES:
+        name = table.name
+        if dialect == "sqlite":
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {name}_refuse_delete"))
+        elif dialect == "postgresql":
+            conn.execute(text(f"DROP TRIGGER IF EXISTS {name}_append_only ON {name}"))
+        else:
+            raise AuditUsageError(f"audit log supports sqlite and postgresql, not {dialect}")
+        conn.execute(delete(table).where(column < tree_size))
+    install_append_only_triggers(conn)
+
+
 def ensure_schema(conn: Connection) -> None:
     """Create the audit tables if missing and install the append-only triggers."""
     metadata.create_all(conn, checkfirst=True)
@@ -207,11 +278,13 @@ def iter_leaf_hashes(conn: Connection, start: int, end: int) -> Iterator[bytes]:
         yield bytes(leaf)
 
 
-def iter_lines(conn: Connection, end: int | None = None) -> Iterator[str]:
-    """Yield entry lines in ``seq`` order (optionally only ``seq < end``)."""
+def iter_lines(conn: Connection, end: int | None = None, start: int = 0) -> Iterator[str]:
+    """Yield entry lines in ``seq`` order (optionally only ``start <= seq < end``)."""
     query = select(audit_entries.c.line).order_by(audit_entries.c.seq)
     if end is not None:
         query = query.where(audit_entries.c.seq < end)
+    if start:
+        query = query.where(audit_entries.c.seq >= start)
     for (line,) in conn.execute(query, execution_options=_STREAM):
         yield str(line)
 
@@ -266,3 +339,37 @@ def iter_cosignature_lines(conn: Connection, tree_size: int) -> Iterator[str]:
     query = select(c.signature_line).where(c.tree_size == tree_size).order_by(c.key_name, c.key_id)
     for (line,) in conn.execute(query):
         yield str(line)
+
+
+class ArchiveRow(NamedTuple):
+    """One archive cut: the stored log now starts at ``tree_size``."""
+
+    tree_size: int
+    start_size: int
+    root_hash: bytes
+    compact_range: bytes
+    last_leaf_hash: bytes
+    last_leaf_proof: bytes
+    entries_sha256: str
+    before: str
+    created_at: str
+
+
+def latest_archive(conn: Connection) -> ArchiveRow | None:
+    """Return the most recent archive cut (largest ``tree_size``), or None."""
+    query = select(audit_archives).order_by(audit_archives.c.tree_size.desc()).limit(1)
+    row = conn.execute(query).first()
+    if row is None:
+        return None
+    m = row._mapping
+    return ArchiveRow(
+        tree_size=int(m["tree_size"]),
+        start_size=int(m["start_size"]),
+        root_hash=bytes(m["root_hash"]),
+        compact_range=bytes(m["compact_range"]),
+        last_leaf_hash=bytes(m["last_leaf_hash"]),
+        last_leaf_proof=bytes(m["last_leaf_proof"]),
+        entries_sha256=str(m["entries_sha256"]),
+        before=str(m["before"]),
+        created_at=str(m["created_at"]),
+    )

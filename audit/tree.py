@@ -9,7 +9,10 @@ one of RFC 6962 §2.1 (re-stated in RFC 9162 §2.1.1):
 
 Appends are O(log n) through a *compact range*: the roots of the perfect
 subtrees that make up ``[0, n)``, one per set bit of ``n``, largest first.
-Proofs (RFC 9162 §2.1.3.1 and §2.1.4.1) are first described as the ranges of
+A log whose first entries were archived keeps only the compact range of the
+cut (a *base*): :func:`range_start` and :class:`MerkleLevels` compute every
+subtree root a proof about the remaining entries needs from that base plus
+the remaining leaves. Proofs (RFC 9162 §2.1.3.1 and §2.1.4.1) are first described as the ranges of
 leaves whose subtree roots they list, so that storage can compute those roots
 however it likes (:func:`inclusion_ranges`, :func:`consistency_ranges`);
 :func:`inclusion_proof` and :func:`consistency_proof` do it from a sequence of
@@ -28,13 +31,16 @@ __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
     "CompactRange",
+    "MerkleLevels",
     "TreeBuilder",
+    "compact_range_spans",
     "consistency_proof",
     "consistency_ranges",
     "inclusion_proof",
     "inclusion_ranges",
     "leaf_hash",
     "node_hash",
+    "range_start",
     "root_from_inclusion_proof",
     "root_of",
     "subtree_root",
@@ -357,3 +363,141 @@ def _consistency_roots(
     if sn != 0:
         raise ProofError(f"consistency proof {old_size} -> {new_size} is too short")
     return fr, sr
+
+
+def compact_range_spans(size: int) -> tuple[tuple[int, int], ...]:
+    """Leaf ranges ``[a, b)`` of the perfect subtrees of ``[0, size)``, largest first."""
+    spans: list[tuple[int, int]] = []
+    lo = 0
+    for bit in reversed(range(size.bit_length())):
+        if size >> bit & 1:
+            spans.append((lo, lo + (1 << bit)))
+            lo += 1 << bit
+    return tuple(spans)
+
+
+def range_start(lo: int, hi: int, base: CompactRange) -> tuple[CompactRange, int]:
+    """Where to start computing the root of leaves ``[lo, hi)`` over an archived prefix.
+
+    The leaves below ``base.size`` are known only through ``base``'s subtree
+    roots. Returns the state covering ``[lo, min(hi, base.size))`` (relative to
+    ``lo``, ready for :class:`TreeBuilder`) and the first leaf to append after it.
+    Every range a proof about leaves at or after ``base.size`` lists is covered
+    (docs/audit.md "Archive"); a range that cuts through an archived subtree is not.
+
+    Raises:
+        AuditUsageError: ``[lo, hi)`` needs leaves hidden inside an archived subtree.
+    """
+    n = base.size
+    if lo >= n:
+        return CompactRange(size=0, hashes=()), lo
+    end = min(hi, n)
+    picked = [
+        (a, b, h)
+        for (a, b), h in zip(compact_range_spans(n), base.hashes, strict=True)
+        if lo <= a and b <= end
+    ]
+    if not picked or picked[0][0] != lo or picked[-1][1] != end:
+        raise AuditUsageError(
+            f"leaves {lo}..{hi - 1} include archived entries below {n} that the cut's "
+            "compact range does not cover; use the archive"
+        )
+    return CompactRange(size=end - lo, hashes=tuple(h for _, _, h in picked)), end
+
+
+class MerkleLevels:
+    """Every node of the tree over ``leaves`` (optionally after an archived base).
+
+    Level ``k`` holds the perfect-subtree roots of width ``2**k`` in one
+    ``bytearray`` (64 bytes per leaf in all), so any proof is O(log² n) after an
+    O(n) build. With a ``base`` of size ``N``, level ``k`` starts at node
+    ``(N >> k) - bit k of N``: the base's own subtree of that width, if any,
+    followed by nodes built from the level below.
+    """
+
+    __slots__ = ("_base", "_levels", "_size", "_starts")
+
+    def __init__(self, leaves: Iterable[bytes], base: CompactRange | None = None) -> None:
+        base = base or CompactRange(size=0, hashes=())
+        n = base.size
+        by_width = {b - a: h for (a, b), h in zip(compact_range_spans(n), base.hashes, strict=True)}
+        level = bytearray(by_width.get(1, b""))
+        count = 0
+        for leaf in leaves:
+            if len(leaf) != HASH_SIZE:
+                raise AuditUsageError(f"leaf hash {count} is {len(leaf)} bytes, expected 32")
+            level += leaf
+            count += 1
+        self._base = n
+        self._size = n + count
+        self._levels = [level]
+        self._starts = [n - (n & 1)]
+        k = 1
+        while (1 << k) <= self._size:
+            below = self._levels[-1]
+            level = bytearray(by_width.get(1 << k, b""))
+            for i in range(0, len(below) - 2 * HASH_SIZE + 1, 2 * HASH_SIZE):
+                level += _sha256(b"\x01" + below[i : i + 2 * HASH_SIZE]).digest()
+            self._levels.append(level)
+            self._starts.append((n >> k) - (n >> k & 1))
+            k += 1
+
+    @property
+    def size(self) -> int:
+        """Number of leaves, archived ones included."""
+        return self._size
+
+    @property
+    def base_size(self) -> int:
+        """Number of archived leaves known only through the base."""
+        return self._base
+
+    def _node(self, level: int, index: int) -> bytes | None:
+        if level >= len(self._levels):
+            return None
+        j = index - self._starts[level]
+        data = self._levels[level]
+        if not 0 <= j < len(data) // HASH_SIZE:
+            return None
+        return bytes(data[j * HASH_SIZE : (j + 1) * HASH_SIZE])
+
+    def range_root(self, lo: int, hi: int) -> bytes:
+        """Return the Merkle tree hash of leaves ``[lo, hi)`` (``lo`` aligned as in proofs).
+
+        Raises:
+            AuditUsageError: the range is empty, beyond the leaves, or needs
+                leaves hidden inside the archived base.
+        """
+        if not 0 <= lo < hi <= self._size:
+            raise AuditUsageError(f"no leaves {lo}..{hi - 1} in a tree of {self._size}")
+        width = hi - lo
+        if width & (width - 1) == 0 and lo % width == 0:
+            node = self._node(width.bit_length() - 1, lo // width)
+            if node is None:
+                raise AuditUsageError(
+                    f"leaves {lo}..{hi - 1} lie inside the archived prefix of {self._base}"
+                )
+            return node
+        k = _split(width)
+        return node_hash(self.range_root(lo, lo + k), self.range_root(lo + k, hi))
+
+    def root(self, size: int | None = None) -> bytes:
+        """Return the root of the first ``size`` leaves (default: all)."""
+        size = self._size if size is None else size
+        return EMPTY_ROOT if size == 0 else self.range_root(0, size)
+
+    def inclusion_proof(self, index: int, size: int) -> tuple[bytes, ...]:
+        """Return PATH(index, D[size]) (RFC 9162 §2.1.3.1).
+
+        Raises:
+            AuditUsageError: out of range, or the leaf is archived.
+        """
+        return tuple(self.range_root(a, b) for a, b in inclusion_ranges(index, size))
+
+    def consistency_proof(self, old_size: int, new_size: int) -> tuple[bytes, ...]:
+        """Return PROOF(old_size, D[new_size]) (RFC 9162 §2.1.4.1).
+
+        Raises:
+            AuditUsageError: out of range, or ``old_size`` lies inside the archive.
+        """
+        return tuple(self.range_root(a, b) for a, b in consistency_ranges(old_size, new_size))

@@ -48,6 +48,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 def _register_commands() -> None:
     from appliance.cli import app as app_cmd
+    from appliance.cli import audit as audit_cmd
     from appliance.cli import ca as ca_cmd
     from appliance.cli import certs as certs_cmd
     from appliance.cli import node as node_cmd
@@ -68,6 +69,7 @@ def _register_commands() -> None:
     cli.add_command(supernode_cmd.supernode)
     cli.add_command(app_cmd.app)
     cli.add_command(policy_cmd.policy)
+    cli.add_command(audit_cmd.audit_group)
 
 
 _register_commands()

@@ -8,6 +8,7 @@ PostgreSQL cases skip, unless ``GREENHOUSE_REQUIRE_POSTGRES=1``, where they fail
 
 from __future__ import annotations
 
+import hashlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.pool import NullPool
 
+from audit import SYSTEM, Action, Actor, AuditLog, export
 from audit.note import KeyType, NoteSigner
 
 PG_URL_ENV = "GREENHOUSE_TEST_POSTGRES_URL"
@@ -90,3 +92,126 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine
         with admin.begin() as conn:
             conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         admin.dispose()
+
+
+class Federation:
+    """A SuperLink log and one site's log, written with the entry shapes the runtime
+    must use (docs/audit.md "Entries the runtime writes"), both SQLite files."""
+
+    NODE = "hospital-a"
+
+    def __init__(self, directory: Path, clock: Clock) -> None:
+        self.directory = directory
+        self.link_signer = NoteSigner(
+            name="audit.example.org/superlink", private_key=Ed25519PrivateKey.generate()
+        )
+        self.site_signer = NoteSigner(
+            name="hospital-a.example/supernode", private_key=Ed25519PrivateKey.generate()
+        )
+        self.link = AuditLog(
+            sqlite_engine(directory / "link.db"),
+            signer=self.link_signer,
+            clock=clock,
+            checkpoint_every=4,
+        )
+        self.site = AuditLog(
+            sqlite_engine(directory / "site.db"),
+            signer=self.site_signer,
+            clock=clock,
+            checkpoint_every=4,
+        )
+        self.node_actor = Actor(identity="CN=hospital-a,O=Hospital A", role="node")
+
+    def instruction(self, run_id: str, message_id: str, content: bytes = b"task") -> None:
+        self.site.append(
+            SYSTEM,
+            Action.MESSAGE_RECEIVED,
+            {"run_id": run_id, "message_id": message_id, "node": self.NODE},
+            {
+                "message_type": "train",
+                "app_sha256": "ab" * 32,
+                "bytes": len(content),
+                "sha256": hashlib.sha256(content).hexdigest(),
+            },
+        )
+
+    def reply(
+        self,
+        run_id: str,
+        message_id: str,
+        request_id: str,
+        content: bytes,
+        *,
+        on_site: bool = True,
+        on_link: bool = True,
+        link_content: bytes | None = None,
+        node: str | None = None,
+    ) -> None:
+        subjects = {
+            "run_id": run_id,
+            "message_id": message_id,
+            "request_id": request_id,
+            "node": node or self.NODE,
+        }
+        if on_site:
+            self.site.append(
+                SYSTEM,
+                Action.EGRESS_REPLY,
+                subjects,
+                {
+                    "sha256": hashlib.sha256(content).hexdigest(),
+                    "bytes": len(content),
+                    "records": ["arrays", "metrics"],
+                    "metric_keys": ["loss", "num-examples"],
+                },
+            )
+        if on_link:
+            received = content if link_content is None else link_content
+            self.link.append(
+                self.node_actor,
+                Action.REPLY_RECEIVED,
+                subjects,
+                {"sha256": hashlib.sha256(received).hexdigest(), "bytes": len(received)},
+            )
+
+    def pull(self) -> str:
+        """The site fetches and stores the SuperLink's latest tree head."""
+        note = self.link.checkpoint()
+        self.seen(note)
+        return note
+
+    def seen(self, note: str) -> None:
+        self.site.append(
+            SYSTEM, Action.CHECKPOINT_SEEN, {"origin": self.link.origin}, {"note": note}
+        )
+
+    def export(self, name: str = "x") -> tuple[Path, Path]:
+        site_dir = self.directory / f"site-{name}"
+        link_dir = self.directory / f"link-{name}"
+        export(self.site, site_dir)
+        export(self.link, link_dir)
+        return site_dir, link_dir
+
+    def keys(self) -> dict[str, str]:
+        return {
+            "site_key": self.site_signer.verifier_key().encode(),
+            "link_key": self.link_signer.verifier_key().encode(),
+        }
+
+
+@pytest.fixture
+def federation(tmp_path: Path, clock: Clock) -> Federation:
+    fed = Federation(tmp_path, clock)
+    fed.instruction("run-1", "task-1")
+    fed.reply("run-1", "reply-1", "task-1", b"weights-1")
+    fed.pull()
+    fed.instruction("run-1", "task-2")
+    fed.reply("run-1", "reply-2", "task-2", b"weights-2")
+    fed.link.append(
+        fed.node_actor,
+        "reply.received",
+        {"run_id": "run-1", "message_id": "reply-b", "request_id": "t", "node": "hospital-b"},
+        {"sha256": "cd" * 32, "bytes": 3},
+    )  # another site's reply: not this site's business
+    fed.pull()
+    return fed

@@ -83,7 +83,11 @@ def test_time_is_normalised_to_utc():
 
 
 def test_vocabulary_is_fixed():
-    assert len(Action) == 20
+    assert len(Action) == 22
+    assert {Action.REPLY_RECEIVED.value, Action.CHECKPOINT_SEEN.value} == {
+        "reply.received",
+        "checkpoint.seen",
+    }
     assert {a.value.split(".")[0] for a in Action} == {
         "run",
         "round",
@@ -96,6 +100,8 @@ def test_vocabulary_is_fixed():
         "message",
         "superlink",
         "audit",
+        "reply",
+        "checkpoint",
     }
 
 

@@ -29,10 +29,25 @@ def test_verifier_imports_only_the_pure_modules():
         "audit.checkpoint",
         "audit.entry",
         "audit.errors",
+        "audit.segment",
     }
 
 
-@pytest.mark.parametrize("module", ["tree", "canonical", "entry", "note", "checkpoint", "verify"])
+@pytest.mark.parametrize(
+    "module",
+    [
+        "tree",
+        "canonical",
+        "entry",
+        "note",
+        "checkpoint",
+        "verify",
+        "segment",
+        "chain",
+        "witness",
+        "reconcile",
+    ],
+)
 def test_pure_core_has_no_database_or_clock(module):
     source = (PACKAGE / f"{module}.py").read_text(encoding="utf-8")
     tree = ast.parse(source)
@@ -50,6 +65,21 @@ def test_only_log_inserts_entries():
     for path in PACKAGE.glob("*.py"):
         if path.name != "log.py":
             assert "insert(audit_entries" not in path.read_text(encoding="utf-8"), path.name
+
+
+def test_offline_checks_never_touch_a_database():
+    for module in ("chain", "reconcile", "witness"):
+        assert "audit.schema" not in audit_imports(module), module
+        assert "audit.log" not in audit_imports(module), module
+
+
+def test_only_archive_deletes_and_only_schema_drops_triggers():
+    for path in PACKAGE.glob("*.py"):
+        source = path.read_text(encoding="utf-8")
+        if path.name not in ("archive.py", "schema.py"):
+            assert "unsafe_delete_below" not in source, path.name
+        if path.name != "schema.py":
+            assert "DROP TRIGGER" not in source and "delete(" not in source, path.name
 
 
 def test_public_api_is_complete():

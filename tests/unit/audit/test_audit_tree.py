@@ -21,13 +21,16 @@ from audit.errors import AuditUsageError, ProofError
 from audit.tree import (
     EMPTY_ROOT,
     CompactRange,
+    MerkleLevels,
     TreeBuilder,
+    compact_range_spans,
     consistency_proof,
     consistency_ranges,
     inclusion_proof,
     inclusion_ranges,
     leaf_hash,
     node_hash,
+    range_start,
     root_from_inclusion_proof,
     root_of,
     verify_consistency,
@@ -306,3 +309,70 @@ def test_compact_range_validation():
     with pytest.raises(AuditUsageError, match="not a multiple of 32"):
         CompactRange.from_bytes(1, bytes(33))
     assert CompactRange(size=0, hashes=()).root() == EMPTY_ROOT
+
+
+# --- archived prefixes: proofs from a cut's compact range ------------------------------
+
+
+def _base(data: list[bytes], n: int) -> CompactRange:
+    builder = TreeBuilder()
+    builder.extend(leaf_hash(x) for x in data[:n])
+    return builder.compact_range()
+
+
+def _from_start(a: int, b: int, base: CompactRange, hashes: list[bytes]) -> bytes:
+    state, first = range_start(a, b, base)
+    builder = TreeBuilder(state)
+    builder.extend(hashes[first:b])
+    return builder.root()
+
+
+def test_compact_range_spans():
+    assert compact_range_spans(0) == ()
+    assert compact_range_spans(13) == ((0, 8), (8, 12), (12, 13))
+    assert compact_range_spans(16) == ((0, 16),)
+
+
+def test_proofs_after_a_cut_match_the_full_tree_everywhere():
+    """Every proof about leaves >= the cut, from the cut's compact range alone, equals
+    the proof over all leaves (itself checked against the reference above)."""
+    for total in range(1, 21):
+        hashes = [leaf_hash(x) for x in leaves_data(total)]
+        for cut in range(total + 1):
+            base = _base(leaves_data(cut), cut)
+            levels = MerkleLevels(hashes[cut:], base)
+            assert (levels.size, levels.base_size) == (total, cut)
+            for size in range(max(cut, 1), total + 1):
+                assert levels.root(size) == root_of(hashes[:size])
+                for old in range(max(cut, 1), size + 1):
+                    want = consistency_proof(old, size, hashes)
+                    assert levels.consistency_proof(old, size) == want
+                    ranges = consistency_ranges(old, size)
+                    assert tuple(_from_start(a, b, base, hashes) for a, b in ranges) == want
+                for index in range(cut, size):
+                    want = inclusion_proof(index, size, hashes)
+                    assert levels.inclusion_proof(index, size) == want
+                    ranges = inclusion_ranges(index, size)
+                    assert tuple(_from_start(a, b, base, hashes) for a, b in ranges) == want
+
+
+def test_archived_leaves_are_refused():
+    data = leaves_data(12)
+    hashes = [leaf_hash(x) for x in data]
+    base = _base(data, 6)  # subtrees [0, 4) and [4, 6)
+    levels = MerkleLevels(hashes[6:], base)
+    with pytest.raises(AuditUsageError, match=r"leaves 0..1 lie inside the archived prefix of 6"):
+        levels.range_root(0, 2)
+    with pytest.raises(AuditUsageError, match="inside the archived prefix"):
+        levels.inclusion_proof(2, 12)
+    with pytest.raises(AuditUsageError, match=r"no leaves 10..12 in a tree of 12"):
+        levels.range_root(10, 13)
+    with pytest.raises(AuditUsageError, match=r"leaves 0..2 include archived entries below 6"):
+        range_start(0, 3, base)
+    assert levels.root(0) == EMPTY_ROOT
+    assert range_start(6, 9, base) == (CompactRange(size=0, hashes=()), 6)
+
+
+def test_levels_refuse_bad_leaf_hashes():
+    with pytest.raises(AuditUsageError, match="leaf hash 1 is 3 bytes"):
+        MerkleLevels([b"\x00" * 32, b"abc"])
