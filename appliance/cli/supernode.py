@@ -12,6 +12,7 @@ import click
 from appliance.appconfig import parse_config_pairs
 from appliance.logs import configure_logging
 from appliance.supernode.node import SuperNode, SuperNodeConfig
+from appliance.supernode.policy import load_policy
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 
@@ -22,6 +23,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--cert", type=_FILE, help="This node's certificate.")
 @click.option("--key", type=_FILE, help="This node's TLS key (mode 0600).")
 @click.option("--signing-key", type=_FILE, help="This node's Ed25519 signing key.")
+@click.option(
+    "--policy",
+    "policy_path",
+    type=_FILE,
+    help="The site policy (site.toml): what may run here and what may leave.",
+)
 @click.option("--crl", type=_FILE, help="Federation CRL (SecAgg+ refuses revoked neighbours).")
 @click.option(
     "--insecure",
@@ -49,6 +56,7 @@ def supernode(
     key: Path | None,
     signing_key: Path | None,
     crl: Path | None,
+    policy_path: Path | None,
     insecure: bool,
     name: str,
     data_dir: Path,
@@ -70,6 +78,7 @@ def supernode(
             data_dir=data_dir,
             node_config=parse_config_pairs(node_config),
             crl=crl,
+            policy=load_policy(policy_path) if policy_path else None,
             unsafe_insecure=insecure,
             unsafe_name=name,
         )

@@ -18,7 +18,7 @@ import struct
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from appliance.clientapp import ErrorDetail
@@ -72,6 +72,8 @@ class ClientAppProcess:
         max_message_bytes: int,
         error_detail: ErrorDetail = ErrorDetail.MESSAGE,
         extra_env: Mapping[str, str] | None = None,
+        preexec: Callable[[], None] | None = None,
+        before_message: Callable[[int], None] | None = None,
     ) -> None:
         self._app_dir = app_dir
         self._settings = {
@@ -85,6 +87,8 @@ class ClientAppProcess:
         self._work_dir = work_dir
         self._max_bytes = max_message_bytes
         self._extra_env = dict(extra_env or {})
+        self._preexec = preexec  # resource limits, applied in the child before exec
+        self._before_message = before_message  # e.g. re-arm the CPU-time limit
         self._process: subprocess.Popen[bytes] | None = None
         self._to_child = -1
         self._from_child = -1
@@ -109,6 +113,7 @@ class ClientAppProcess:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=self._preexec,  # only setrlimit/unshare calls
             )
         finally:
             log.close()
@@ -123,6 +128,8 @@ class ClientAppProcess:
                 self.restarts += 1
                 self._close_pipes()
             self._start()
+        if self._before_message is not None:
+            self._before_message(self._process.pid)
         frame = encode_message(message)
         deadline = time.monotonic() + timeout_s
         try:

@@ -21,6 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -35,6 +36,20 @@ from appliance.message import Error, ErrorCode, Message
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto.fleet_pb2_grpc import FleetStub
 from appliance.supernode.clientapp_runner import ClientAppProcess
+from appliance.supernode.limits import check_network_isolation, grant_cpu_seconds, make_preexec
+from appliance.supernode.policy import (
+    EgressRefused,
+    Network,
+    PolicyRefused,
+    SitePolicy,
+    admit_bundle,
+    admit_message,
+    check_data_path,
+    host_mods,
+    refusal_reply,
+    resource_limits,
+    verify_egress,
+)
 from appliance.supernode.secagg_keys import secagg_credentials
 from appliance.transport import Assembler, iter_chunks, reply_digest
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
@@ -69,6 +84,8 @@ class SuperNodeConfig:
     max_backoff_s: float = 5.0
     #: The federation CRL, so SecAgg+ can refuse a revoked neighbour's key.
     crl: Path | None = None
+    #: The site policy (``site.toml``); ``None`` runs every app and lets every reply out.
+    policy: SitePolicy | None = None
     #: DEVELOPMENT ONLY: plain TCP, the node claims ``unsafe_name``, replies unsigned.
     unsafe_insecure: bool = False
     unsafe_name: str = ""
@@ -81,6 +98,7 @@ class _Run:
     run_id: int
     directory: Path
     process: ClientAppProcess | None = None
+    host_context: Context | None = None  # one per run: host mods keep state in it
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -118,21 +136,33 @@ class SuperNode:
         self.node_id = 0
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    @staticmethod
-    def _make_host_mods(config: SuperNodeConfig) -> list[Mod]:
-        """Mods the SuperNode runs itself, around the ClientApp process."""
-        if config.unsafe_insecure:
-            return []  # no keys: SecAgg+ rounds fail at setup with a clear error
-        assert config.ca_certificate
-        assert config.certificate
-        assert config.signing_key
-        credentials = secagg_credentials(
-            ca_certificate=config.ca_certificate,
-            certificate=config.certificate,
-            signing_key=config.signing_key,
-            crl=config.crl,
-        )
-        return [make_secagg_mod(credentials)]
+    def _make_host_mods(self, config: SuperNodeConfig) -> list[Mod]:
+        """Mods the SuperNode runs itself around the ClientApp process, whatever the app says."""
+        credentials = None
+        if not config.unsafe_insecure:  # insecure: no keys, SecAgg+ rounds fail at setup
+            assert config.ca_certificate
+            assert config.certificate
+            assert config.signing_key
+            credentials = secagg_credentials(
+                ca_certificate=config.ca_certificate,
+                certificate=config.certificate,
+                signing_key=config.signing_key,
+                crl=config.crl,
+            )
+        self._host_secagg = credentials is not None
+        if config.policy is None:
+            _log.warning(
+                "no site policy (--policy site.toml): every app may run here and every reply "
+                "may leave; use only for development"
+            )
+            return [make_secagg_mod(credentials)] if credentials else []
+        policy = config.policy
+        _log.info("site policy loaded", policy_hash=policy.policy_hash)
+        for problem in check_data_path(policy):
+            _log.warning("site data path", problem=problem)
+        if policy.execution.network is Network.NONE:
+            check_network_isolation()
+        return host_mods(policy, secagg_credentials=credentials)
 
     @staticmethod
     def _secure_channel(
@@ -240,42 +270,72 @@ class SuperNode:
     def _handle(self, message_id: str, run_id: int) -> None:
         message, run_context = self._pull(message_id)
         run = self._run(run_context)
+        policy = self.config.policy
         with run.lock:
             try:
+                if policy is not None:
+                    admit_message(policy, message)
                 if run.process is None:
                     run.process = self._start_clientapp(run, run_context)
                 process = run.process
+            except PolicyRefused as exc:
+                _log.warning("policy refused", run_id=run.run_id, key=exc.key, reason=exc.reason)
+                reply = refusal_reply(message, exc)
             except (grpc.RpcError, ValueError, OSError, ApplianceError) as exc:
                 _log.warning("cannot run the ClientApp", run_id=run.run_id, error=_describe(exc))
                 reason = f"node cannot run the app: {_describe(exc)}"
                 reply = Message(Error(ErrorCode.LOAD_CLIENT_APP_FAILED, reason), reply_to=message)
             else:
-                reply = self._call(process, message, run_context)
-        self._push(reply)
+                reply = self._call(process, message, run, run_context)
+        self._push(message, reply)
 
-    def _call(self, process: ClientAppProcess, message: Message, run: pb.RunContext) -> Message:
-        """The ClientApp's answer, through the SuperNode's own mods (SecAgg+)."""
+    def _call(
+        self, process: ClientAppProcess, message: Message, run: _Run, context: pb.RunContext
+    ) -> Message:
+        """The ClientApp's answer, through the SuperNode's own mods (SecAgg+, DP)."""
+        wall_s = self.config.clientapp_timeout_s
+        if self.config.policy is not None:
+            wall_s = min(wall_s, float(self.config.policy.execution.wall_seconds))
 
         def clientapp(msg: Message, _ctx: Context) -> Message:
-            return process.handle(msg, timeout_s=self.config.clientapp_timeout_s)
+            return process.handle(msg, timeout_s=wall_s)
 
-        context = Context(
-            run_id=run.run_id,
-            node_id=self.node_id,
-            node_config=dict(self.config.node_config),
-            run_config=json.loads(run.run_config_json or "{}"),
-        )
+        if run.host_context is None:
+            run.host_context = Context(
+                run_id=context.run_id,
+                node_id=self.node_id,
+                node_config=dict(self.config.node_config),
+                run_config=json.loads(context.run_config_json or "{}"),
+            )
         try:
-            return wrap_with_mods(self._host_mods, clientapp)(message, context)
+            return wrap_with_mods(self._host_mods, clientapp)(message, run.host_context)
         except Exception as exc:
             _log.exception("a node mod failed", message_type=message.metadata.message_type)
             reason = f"node mod failed: {type(exc).__name__}: {exc}"
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
-    def _push(self, reply: Message) -> None:
+    def _egress(self, request: Message, reply: Message) -> tuple[Message, bytes]:
+        """What may leave: the checked reply and its frame (or a refusal in its place)."""
+        policy = self.config.policy
+        if policy is None:
+            return reply, b"" if reply.has_error() else encode_record_dict(reply.content)
+        try:
+            approved = verify_egress(policy, reply, request=request, host_secagg=self._host_secagg)
+        except EgressRefused as exc:
+            _log.warning(
+                "egress refused",
+                key=exc.key,
+                violations=[f"{v.key}: {v.reason}" for v in exc.report.violations],
+            )
+            approved = verify_egress(
+                policy, refusal_reply(request, exc), request=request, host_secagg=self._host_secagg
+            )
+        return approved.message, approved.frame
+
+    def _push(self, request: Message, reply: Message) -> None:
+        reply, frame = self._egress(request, reply)
         metadata = encode_metadata(reply.metadata)
         error = reply.error if reply.has_error() else Error(ErrorCode.UNKNOWN, "")
-        frame = b"" if reply.has_error() else encode_record_dict(reply.content)
         digest = reply_digest(
             metadata,
             is_error=reply.has_error(),
@@ -317,6 +377,9 @@ class SuperNode:
             return run
 
     def _start_clientapp(self, run: _Run, context: pb.RunContext) -> ClientAppProcess:
+        if self.config.policy is not None:  # before a byte of the app is fetched or run
+            admitted = admit_bundle(self.config.policy, context.bundle_sha256)
+            _log.info("bundle admitted", run_id=run.run_id, via=admitted.via.value)
         data = bytearray()
         sha256 = ""
         for chunk in self._stub.GetBundle(pb.GetBundleRequest(run_id=run.run_id)):
@@ -346,7 +409,19 @@ class SuperNode:
             work_dir=run.directory / "work",
             max_message_bytes=self.config.max_message_bytes,
             error_detail=self.config.error_detail,
+            **self._limits(),
         )
+
+    def _limits(self) -> dict[str, Any]:
+        """Resource limits of ``[execution]`` for a ClientApp process (none without a policy)."""
+        policy = self.config.policy
+        if policy is None:
+            return {}
+        cpu_seconds = policy.execution.cpu_seconds
+        return {
+            "preexec": make_preexec(resource_limits(policy)),
+            "before_message": lambda pid: grant_cpu_seconds(pid, cpu_seconds),
+        }
 
     def _end_run(self, run_id: int) -> None:
         with self._runs_lock:

@@ -163,25 +163,20 @@ class Federation:
         os.killpg(self.superlink.pid, signal.SIGKILL)
         self.superlink.wait()
 
-    def start_node(self, name: str, partition_id: int, num_partitions: int) -> None:
-        self.nodes[name] = self._spawn(
-            f"node-{name}",
-            "supernode",
-            "--superlink",
-            f"127.0.0.1:{self.fleet_port}",
-            "--ca",
-            str(self.pki.ca),
-            "--cert",
-            str(self.pki.cert(name)),
-            "--key",
-            str(self.pki.key(name)),
-            "--signing-key",
-            str(self.pki.signing_key(name)),
-            "--data-dir",
-            str(self.root / f"node-{name}"),
-            "--node-config",
-            f"partition-id={partition_id} num-partitions={num_partitions}",
-        )
+    def start_node(
+        self, name: str, partition_id: int, num_partitions: int, policy: Path | None = None
+    ) -> None:
+        args = [
+            "supernode", "--superlink", f"127.0.0.1:{self.fleet_port}",
+            "--ca", str(self.pki.ca), "--cert", str(self.pki.cert(name)),
+            "--key", str(self.pki.key(name)), "--signing-key", str(self.pki.signing_key(name)),
+            "--crl", str(self.pki.ca_dir / "crl.pem"),
+            "--data-dir", str(self.root / f"node-{name}"),
+            "--node-config", f"partition-id={partition_id} num-partitions={num_partitions}",
+        ]  # fmt: skip
+        if policy is not None:
+            args += ["--policy", str(policy)]
+        self.nodes[name] = self._spawn(f"node-{name}", *args)
 
     def kill_node(self, name: str) -> None:
         process = self.nodes.pop(name)
@@ -266,11 +261,11 @@ def federation(pki: Pki, tmp_path: Path) -> Iterator[Federation]:
         fed.close()
 
 
-def start(fed: Federation, nodes: int) -> None:
-    """SuperLink up, ``nodes`` nodes enrolled, started and online."""
+def start(fed: Federation, nodes: int, policy: Path | None = None) -> None:
+    """SuperLink up, ``nodes`` nodes enrolled, started (with ``policy``) and online."""
     fed.start_superlink()
     names = NODES[:nodes]
     fed.enrol(*names)
     for i, name in enumerate(names):
-        fed.start_node(name, i, nodes)
+        fed.start_node(name, i, nodes, policy)
     fed.wait_online(*names)

@@ -10,6 +10,12 @@ app = ClientApp()
 @app.train()
 def train(msg: Message, ctx: Context) -> Message:
     time.sleep(float(ctx.run_config["train-sleep"]))
+    hog = ctx.run_config.get("hog", "")
+    if hog == "memory":
+        _ = bytearray(8 * 2**30)  # far past the site's memory limit
+    elif hog == "loop" and ctx.node_config.get("partition-id") == 0:
+        while True:
+            pass
     arrays = msg.content["arrays"].to_numpy_ndarrays()
     step = float(ctx.node_config.get("partition-id", 0)) + 1.0
     updated = [a + step for a in arrays]
