@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from appliance.appconfig import load_app_spec, load_component, merge_run_config
-from appliance.clientapp import ClientApp, ErrorDetail
+from appliance.clientapp import CallNext, ClientApp, ErrorDetail, Mod
 from appliance.context import Context, UserConfig
 from appliance.errors import ApplianceError, GridError
 from appliance.grid import Grid
@@ -45,6 +45,26 @@ _log = get_logger("appliance.local")
 
 class RunFailed(ApplianceError):
     """The ServerApp of a run raised; the message names the exception."""
+
+
+class _LocalSecAgg:
+    """The SecAgg+ host mod a SuperNode would run, for logical nodes in one process.
+
+    Built on the first SecAgg+ message, with an in-process keyring standing in for
+    the federation CA (it warns that it is unsafe outside local runs).
+    """
+
+    def __init__(self) -> None:
+        self._mod: Mod | None = None
+
+    def __call__(self, message: Message, context: Context, call_next: CallNext) -> Message:
+        from secagg import MESSAGE_TYPES, UnsafeLocalKeyring, make_secagg_mod
+
+        if message.metadata.message_type not in set(MESSAGE_TYPES.values()):
+            return call_next(message, context)
+        if self._mod is None:
+            self._mod = make_secagg_mod(UnsafeLocalKeyring().source())
+        return self._mod(message, context, call_next)
 
 
 @dataclass
@@ -73,6 +93,11 @@ class LocalGrid(Grid):
         self._run_id = run_id
         self._run_config = dict(run_config or {})
         self._error_detail = error_detail
+        # Like a SuperNode, answer SecAgg+ rounds unless the app brings its own SecAgg+ mod.
+        from secagg import is_secagg_mod
+
+        own = any(is_secagg_mod(mod) for mod in client_app.mods)
+        self._host_mods: list[Mod] = [] if own else [_LocalSecAgg()]
         self._pending: dict[str, Message] = {}
         self._replies: dict[str, Message] = {}
         self._seen_ids: set[str] = set()
@@ -144,7 +169,9 @@ class LocalGrid(Grid):
                 run_config=dict(self._run_config),
                 state=node.state,
             )
-            reply = self._client_app(received, context, error_detail=self._error_detail)
+            reply = self._client_app(
+                received, context, mods=self._host_mods, error_detail=self._error_detail
+            )
         encoded_reply = encode_message(reply)
         self.bytes_received += len(encoded_reply)
         return decode_message(encoded_reply)

@@ -63,7 +63,7 @@ from secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from secagg.mod import make_secagg_mod
+from secagg.mod import is_secagg_mod, make_secagg_mod
 from secagg.params import (
     GraphParams,
     RoundConfig,
@@ -117,6 +117,7 @@ __all__ = [
     "choose_modulus_bits",
     "choose_parameters",
     "derive_round_params",
+    "is_secagg_mod",
     "make_secagg_mod",
     "neighbour_graph",
     "restrict_to_secagg",

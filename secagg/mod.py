@@ -57,7 +57,7 @@ from secagg.identity import CredentialsSource
 from secagg.messages import Stage
 from secagg.quantize import Quantizer
 
-__all__ = ["make_secagg_mod"]
+__all__ = ["is_secagg_mod", "make_secagg_mod"]
 
 _log = get_logger("secagg.mod")
 
@@ -265,3 +265,8 @@ def make_secagg_mod(
     return _SecAggMod(
         credentials, min_cohort=min_cohort, min_corrupted_fraction=min_corrupted_fraction, rng=rng
     )
+
+
+def is_secagg_mod(mod: object) -> bool:
+    """Whether ``mod`` was made by :func:`make_secagg_mod` (hosts avoid installing two)."""
+    return isinstance(mod, _SecAggMod)

@@ -325,7 +325,9 @@ class Strategy(abc.ABC):
             arrays, metrics, failures = self.aggregate_train_secure(
                 server_round, messages, grid, secure_aggregation, timeout
             )
-            trained = len(messages) - len(failures)
+            # Failure(0, ...) is the round's own; count the nodes that contributed.
+            dropped = {f.node_id for f in failures if f.node_id}
+            trained = 0 if arrays is None else len(messages) - len(dropped)
         else:
             replies = Replies(grid, messages, timeout)
             arrays, metrics = self.aggregate_train(server_round, replies)

@@ -107,6 +107,9 @@ class SuperNode:
 
     def __init__(self, config: SuperNodeConfig) -> None:
         self.config = config
+        if config.policy is not None and config.policy.execution.network is Network.NONE:
+            # Before any thread starts: a namespace test fails in a threaded process.
+            check_network_isolation()
         options = [
             ("grpc.max_receive_message_length", 8 * 2**20),
             ("grpc.keepalive_time_ms", 10_000),
@@ -160,8 +163,6 @@ class SuperNode:
         _log.info("site policy loaded", policy_hash=policy.policy_hash)
         for problem in check_data_path(policy):
             _log.warning("site data path", problem=problem)
-        if policy.execution.network is Network.NONE:
-            check_network_isolation()
         return host_mods(policy, secagg_credentials=credentials)
 
     @staticmethod

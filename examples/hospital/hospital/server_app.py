@@ -61,6 +61,12 @@ def main(grid: Grid, context: Context) -> None:
         train_metrics_aggr_fn=printer.train_metrics,
         evaluate_metrics_aggr_fn=printer.evaluate_metrics,
     )
+    secure = None
+    if cfg.get("secure-aggregation"):
+        from secagg import SecAggPlus
+
+        secure = SecAggPlus(clip_range=float(cfg["secagg-clip-range"]))
+        print("SecAgg+ on: the server sees only the sum of the hospitals' updates")
     print(
         f"{'round':>5}  {'train loss':>10}  {'site val acc':>12}  {'test loss':>9}  {'test acc':>8}"
     )
@@ -70,6 +76,7 @@ def main(grid: Grid, context: Context) -> None:
         num_rounds=int(cfg["num-server-rounds"]),
         train_config=ConfigRecord({"learning-rate": float(cfg["learning-rate"])}),
         evaluate_fn=evaluate_on_test_set,
+        secure_aggregation=secure,
     )
     final = result.evaluate_metrics_serverapp[max(result.evaluate_metrics_serverapp)]
     print(f"federated model: test accuracy {final['accuracy']:.4f}")

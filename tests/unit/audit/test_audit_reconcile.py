@@ -71,10 +71,11 @@ def test_a_log_that_does_not_verify_is_the_only_finding(federation):
     assert "truncated" in broken.findings[0].message
 
 
-def test_site_without_node_id(tmp_path, clock):
-    from conftest import Federation
-
-    fed = Federation(tmp_path, clock)
+def test_site_without_node_id(tmp_path, clock, federation):
+    # A second, independent federation of the same kind (no conftest import: the
+    # module name "conftest" is ambiguous across test directories).
+    (tmp_path / "second").mkdir()
+    fed = type(federation)(tmp_path / "second", clock)
     fed.pull()
     fed.reply("run-1", "reply-1", "task-1", b"w", on_site=False)
     site_dir, link_dir = fed.export()

@@ -178,11 +178,29 @@ def test_an_app_without_the_mod_never_trains_for_secagg() -> None:
         calls.append(1)
         return Message(RecordDict(), reply_to=msg)
 
+    # Without a host (SuperNode, local runner) that answers SecAgg+, the app alone
+    # never trains for a SecAgg+ stage: "train.secagg-setup" is not "train".
+    setup = Message(RecordDict(), dst_node_id=1, message_type="train.secagg-setup")
+    reply = app(setup, Context(run_id=1, node_id=1))
+    assert calls == []
+    assert "no handler for 'train.secagg-setup'" in reply.error.reason
+
+
+def test_the_local_runner_answers_secagg_like_a_supernode() -> None:
+    calls: list[int] = []
+    app = ClientApp()
+
+    @app.train()
+    def train(msg, ctx):
+        calls.append(1)
+        content = RecordDict(
+            {"arrays": msg.content["arrays"], "metrics": MetricRecord({"num-examples": 1})}
+        )
+        return Message(content, reply_to=msg)
+
     result = _run(app, 4, rounds=1, secure_aggregation=_secagg())
-    assert calls == []  # "train.secagg-setup" is not "train": no plaintext leaves the site
-    node_failures = [f for f in result.train_failures[1] if f.node_id]
-    assert len(node_failures) == 4
-    assert all("no handler for 'train.secagg-setup'" in f.reason for f in node_failures)
+    assert calls == [1, 1, 1, 1]
+    assert result.train_failures[1] == []
 
 
 def test_site_policy_refuses_plain_training_and_small_cohorts(keyring) -> None:
