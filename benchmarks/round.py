@@ -609,6 +609,7 @@ def bench_runtime(
     profile: Path | None,
     profile_format: str,
     verbose: bool,
+    secagg: bool = False,
 ) -> RuntimeResult:
     procs = Processes()
     fed = Federation(pki, root, procs, profile, profile_format)
@@ -629,6 +630,7 @@ def bench_runtime(
                 "warmup-rounds": warmup,
                 "rounds": rounds,
                 "round-timeout": max(deadline.remaining(), 1.0),
+                "secure-aggregation": secagg,
             },
         )
         bundle = build_bundle(APP)
@@ -1046,6 +1048,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         help="py-spy output (raw: collapsed stacks, one file per process tree)",
     )
     parser.add_argument("--verbose", action="store_true", help="echo the run logs")
+    parser.add_argument(
+        "--secagg",
+        action="store_true",
+        help="also run each configuration with SecAgg+ and report it next to plain FedAvg",
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.nodes, args.values, args.rounds = [3], [1_000_000], 2
@@ -1103,6 +1110,31 @@ def main(argv: list[str]) -> int:
                             flush=True,
                         )
                         shutil.rmtree(run_root, ignore_errors=True)
+                        if args.secagg:
+                            secure_root = root / f"secagg-{nodes}-{values}"
+                            secure_root.mkdir()
+                            secure = bench_runtime(
+                                pki,
+                                secure_root,
+                                nodes=nodes,
+                                values=values,
+                                warmup=args.warmup,
+                                rounds=args.rounds,
+                                deadline=per_run,
+                                profile=None,
+                                profile_format=args.profile_format,
+                                verbose=args.verbose,
+                                secagg=True,
+                            )
+                            shutil.rmtree(secure_root, ignore_errors=True)
+                            plain_s = statistics.median(row.runtime.measured())
+                            secure_s = statistics.median(secure.measured())
+                            print(
+                                f"    SecAgg+ rounds: {[round(s, 3) for s in secure.measured()]} s;"
+                                f" median {secure_s:.3f} s = {secure_s / plain_s:.2f}x plain"
+                                f" FedAvg ({plain_s:.3f} s) in this run",
+                                flush=True,
+                            )
                     if not args.no_raw:
                         print(f"{label}: raw gRPC ...", flush=True)
                         kwargs = {

@@ -137,7 +137,13 @@ def main(grid: Grid, context: Context) -> None:
         started.append(time.monotonic())
         return None
 
+    secure = None
+    if cfg.get("secure-aggregation"):
+        from secagg import SecAggPlus
+
+        secure = SecAggPlus(clip_range=2.0 * abs(step) + 1.0)
     result = strategy.start(
+        secure_aggregation=secure,
         grid=timed,
         initial_arrays=ArrayRecord([np.zeros(values, dtype=np.float32)]),
         num_rounds=warmup + rounds,
