@@ -214,5 +214,12 @@ class ControlClient:
     def remove_node(self, name: str) -> None:
         self._stub.RemoveNode(pb.RemoveNodeRequest(name=name))
 
+    def artifacts(self, run_id: int) -> list[pb.ArtifactInfo]:
+        return list(self._stub.ListArtifacts(pb.ListArtifactsRequest(run_id=run_id)).artifacts)
+
+    def artifact(self, run_id: int, name: str) -> bytes:
+        request = pb.GetArtifactRequest(run_id=run_id, name=name)
+        return b"".join(chunk.data for chunk in self._stub.GetArtifact(request))
+
     def nodes(self) -> list[pb.NodeInfo]:
         return list(self._stub.ListNodes(pb.ListNodesRequest()).nodes)

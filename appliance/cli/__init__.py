@@ -62,6 +62,7 @@ def _register_commands() -> None:
     cli.add_command(runs_cmd.ls)
     cli.add_command(runs_cmd.log)
     cli.add_command(runs_cmd.stop)
+    cli.add_command(runs_cmd.pull)
     cli.add_command(node_cmd.node)
     cli.add_command(ca_cmd.ca)
     cli.add_command(certs_cmd.certs)

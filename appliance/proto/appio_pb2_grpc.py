@@ -64,6 +64,11 @@ class AppIoStub:
                 request_serializer=appliance_dot_proto_dot_appio__pb2.FinishRequest.SerializeToString,
                 response_deserializer=appliance_dot_proto_dot_appio__pb2.FinishResponse.FromString,
                 _registered_method=True)
+        self.PutArtifact = channel.stream_unary(
+                '/greenhouse.appio.v1.AppIo/PutArtifact',
+                request_serializer=appliance_dot_proto_dot_appio__pb2.ArtifactChunk.SerializeToString,
+                response_deserializer=appliance_dot_proto_dot_appio__pb2.PutArtifactResponse.FromString,
+                _registered_method=True)
 
 
 class AppIoServicer:
@@ -105,6 +110,12 @@ class AppIoServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PutArtifact(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AppIoServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -137,6 +148,11 @@ def add_AppIoServicer_to_server(servicer, server):
                     servicer.Finish,
                     request_deserializer=appliance_dot_proto_dot_appio__pb2.FinishRequest.FromString,
                     response_serializer=appliance_dot_proto_dot_appio__pb2.FinishResponse.SerializeToString,
+            ),
+            'PutArtifact': grpc.stream_unary_rpc_method_handler(
+                    servicer.PutArtifact,
+                    request_deserializer=appliance_dot_proto_dot_appio__pb2.ArtifactChunk.FromString,
+                    response_serializer=appliance_dot_proto_dot_appio__pb2.PutArtifactResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -301,6 +317,33 @@ class AppIo:
             '/greenhouse.appio.v1.AppIo/Finish',
             appliance_dot_proto_dot_appio__pb2.FinishRequest.SerializeToString,
             appliance_dot_proto_dot_appio__pb2.FinishResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PutArtifact(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/greenhouse.appio.v1.AppIo/PutArtifact',
+            appliance_dot_proto_dot_appio__pb2.ArtifactChunk.SerializeToString,
+            appliance_dot_proto_dot_appio__pb2.PutArtifactResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,6 +69,16 @@ class ControlStub:
                 request_serializer=appliance_dot_proto_dot_control__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=appliance_dot_proto_dot_control__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.ListArtifacts = channel.unary_unary(
+                '/greenhouse.control.v1.Control/ListArtifacts',
+                request_serializer=appliance_dot_proto_dot_control__pb2.ListArtifactsRequest.SerializeToString,
+                response_deserializer=appliance_dot_proto_dot_control__pb2.ListArtifactsResponse.FromString,
+                _registered_method=True)
+        self.GetArtifact = channel.unary_stream(
+                '/greenhouse.control.v1.Control/GetArtifact',
+                request_serializer=appliance_dot_proto_dot_control__pb2.GetArtifactRequest.SerializeToString,
+                response_deserializer=appliance_dot_proto_dot_control__pb2.ArtifactData.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -116,6 +126,18 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListArtifacts(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetArtifact(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -153,6 +175,16 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=appliance_dot_proto_dot_control__pb2.ListNodesRequest.FromString,
                     response_serializer=appliance_dot_proto_dot_control__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'ListArtifacts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListArtifacts,
+                    request_deserializer=appliance_dot_proto_dot_control__pb2.ListArtifactsRequest.FromString,
+                    response_serializer=appliance_dot_proto_dot_control__pb2.ListArtifactsResponse.SerializeToString,
+            ),
+            'GetArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.GetArtifact,
+                    request_deserializer=appliance_dot_proto_dot_control__pb2.GetArtifactRequest.FromString,
+                    response_serializer=appliance_dot_proto_dot_control__pb2.ArtifactData.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -344,6 +376,60 @@ class Control:
             '/greenhouse.control.v1.Control/ListNodes',
             appliance_dot_proto_dot_control__pb2.ListNodesRequest.SerializeToString,
             appliance_dot_proto_dot_control__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListArtifacts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenhouse.control.v1.Control/ListArtifacts',
+            appliance_dot_proto_dot_control__pb2.ListArtifactsRequest.SerializeToString,
+            appliance_dot_proto_dot_control__pb2.ListArtifactsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/greenhouse.control.v1.Control/GetArtifact',
+            appliance_dot_proto_dot_control__pb2.GetArtifactRequest.SerializeToString,
+            appliance_dot_proto_dot_control__pb2.ArtifactData.FromString,
             options,
             channel_credentials,
             insecure,

@@ -26,6 +26,7 @@ Example::
 
 from __future__ import annotations
 
+from appliance.state._artifacts import ArtifactNotFound
 from appliance.state.blobs import DEFAULT_CHUNK_BYTES, BlobStore
 from appliance.state.errors import (
     AlreadyDelivered,
@@ -53,6 +54,7 @@ from appliance.state.errors import (
 )
 from appliance.state.repository import DEFAULT_DB_NAME, RESTART_REASON, State, default_url
 from appliance.state.values import (
+    Artifact,
     BlobRef,
     BundleRef,
     Event,
@@ -72,6 +74,8 @@ __all__ = [
     "RESTART_REASON",
     "AlreadyDelivered",
     "AlreadyReplied",
+    "Artifact",
+    "ArtifactNotFound",
     "BlobError",
     "BlobNotFound",
     "BlobRef",

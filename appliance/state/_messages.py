@@ -336,7 +336,7 @@ class MessageStore(Store):
             )
             keep = {sha for sha in contents if sha is not None}
             keep.update(session.scalars(select(BundleRow.sha256)))
-            return keep
+        return keep | self.artifact_blobs()  # type: ignore[attr-defined]
 
     def purge_run_messages(self, run_id: int) -> int:
         """Delete every message of a finished, failed or stopped run.

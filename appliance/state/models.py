@@ -168,3 +168,20 @@ class EventRow(Base):
     kind: Mapped[str] = mapped_column(String(128), index=True)
     created_at: Mapped[float] = mapped_column(Double)
     details: Mapped[str] = mapped_column(Text)
+
+
+class ArtifactRow(Base):
+    """A file a run's ServerApp saved (checkpoint, final model, metrics); bytes in the blob store.
+
+    Saving a name again replaces it (``metrics.json`` is rewritten every round).
+    """
+
+    __tablename__ = "run_artifacts"
+
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[float] = mapped_column(Double)

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from appliance.state._artifacts import ArtifactStore
 from appliance.state._logs import LogStore
 from appliance.state._nodes import NodeStore
 from appliance.state._replies import ReplyStore
@@ -45,7 +46,7 @@ def default_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / DEFAULT_DB_NAME}"
 
 
-class State(NodeStore, RunStore, ReplyStore, LogStore):
+class State(NodeStore, RunStore, ReplyStore, LogStore, ArtifactStore):
     """The SuperLink's state: nodes, runs, bundles, messages, run logs, events.
 
     Create it with :meth:`State.open`, not the constructor.

@@ -227,6 +227,17 @@ class StoredMessage:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Artifact:
+    """A file a run saved: its name, and its bytes' SHA-256 and size in the blob store."""
+
+    run_id: int
+    name: str
+    sha256: str
+    size: int
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LogLine:
     """One line (or chunk) of a run's log; ``seq`` starts at 1 per run."""
 

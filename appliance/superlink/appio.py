@@ -18,6 +18,7 @@ from appliance.message import SERVER_NODE_ID, Metadata
 from appliance.proto import appio_pb2 as pb
 from appliance.proto import appio_pb2_grpc
 from appliance.state import BlobRef, State, StoredMessage
+from appliance.strategy.checkpoint import check_artifact_name
 from appliance.superlink.appio_grid import TOKEN_HEADER
 from appliance.superlink.hub import Hub
 from appliance.superlink.runs import RunLauncher
@@ -141,6 +142,20 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         if reply.content is not None:
             for chunk in self._state.blobs.open_chunks(reply.content.sha256):
                 yield pb.ReceivedChunk(data=chunk)
+
+    def PutArtifact(
+        self, request_iterator: Iterator[pb.ArtifactChunk], context: grpc.ServicerContext
+    ) -> pb.PutArtifactResponse:
+        run_id = self._run_id(context)
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("part") != "name":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an artifact starts with its name")
+        name = check_artifact_name(first.name)
+        blob = self._state.blobs.put_stream(
+            (chunk.data for chunk in request_iterator), max_bytes=self._max_message_bytes
+        )
+        self._state.put_artifact(run_id, name, blob)
+        return pb.PutArtifactResponse(sha256=blob.sha256, size=blob.size)
 
     def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.FinishResponse:
         run_id = self._run_id(context)

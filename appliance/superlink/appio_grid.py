@@ -26,6 +26,19 @@ __all__ = ["TOKEN_HEADER", "AppIoGrid"]
 TOKEN_HEADER = "gh-run-token"  # noqa: S105 -- a header name, not a secret
 
 
+class _ArtifactSink:
+    """A strategy ``CheckpointSink`` that stores each file with the run on the SuperLink."""
+
+    def __init__(self, stub: AppIoStub, auth: tuple[tuple[str, str], ...]) -> None:
+        self._stub = stub
+        self._auth = auth
+
+    def put(self, name: str, data: bytes) -> None:
+        chunks = [pb.ArtifactChunk(name=name)]
+        chunks += [pb.ArtifactChunk(data=chunk) for chunk in iter_chunks(data)]
+        self._stub.PutArtifact(iter(chunks), metadata=self._auth)
+
+
 class AppIoGrid(Grid):
     """A :class:`Grid` backed by the SuperLink's AppIo API."""
 
@@ -40,6 +53,11 @@ class AppIoGrid(Grid):
     @property
     def run_id(self) -> int:
         return self._run_id
+
+    @property
+    def checkpoint_sink(self) -> _ArtifactSink:
+        """Where strategies save checkpoints, the final model and metrics: the SuperLink."""
+        return _ArtifactSink(self._stub, self._auth)
 
     def get_node_ids(self) -> list[int]:
         return list(self._stub.GetNodes(pb.GetNodesRequest(), metadata=self._auth).node_ids)

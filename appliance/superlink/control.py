@@ -194,6 +194,25 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         _log.info("node removed", node=request.name, by=admin.name)
         return pb.RemoveNodeResponse()
 
+    def ListArtifacts(
+        self, request: pb.ListArtifactsRequest, context: grpc.ServicerContext
+    ) -> pb.ListArtifactsResponse:
+        self._visible_run(request.run_id, context)
+        return pb.ListArtifactsResponse(
+            artifacts=[
+                pb.ArtifactInfo(name=a.name, sha256=a.sha256, size=a.size, created_at=a.created_at)
+                for a in self._state.list_artifacts(request.run_id)
+            ]
+        )
+
+    def GetArtifact(
+        self, request: pb.GetArtifactRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ArtifactData]:
+        self._visible_run(request.run_id, context)
+        artifact = self._state.get_artifact(request.run_id, request.name)
+        for chunk in self._state.blobs.open_chunks(artifact.sha256):
+            yield pb.ArtifactData(data=chunk)
+
     def ListNodes(
         self, request: pb.ListNodesRequest, context: grpc.ServicerContext
     ) -> pb.ListNodesResponse:

@@ -17,6 +17,7 @@ import grpc
 from appliance.bundle import BundleError
 from appliance.logs import get_logger
 from appliance.state import errors as state_errors
+from appliance.strategy.checkpoint import CheckpointError
 from appliance.transport import TransportError
 from appliance.wire import WireError
 from certs.errors import CertError, CertificateInvalid, MalformedEnvelope, SignatureError
@@ -30,6 +31,7 @@ CATALOG: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (WireError, grpc.StatusCode.INVALID_ARGUMENT),
     (TransportError, grpc.StatusCode.INVALID_ARGUMENT),
     (BundleError, grpc.StatusCode.INVALID_ARGUMENT),
+    (CheckpointError, grpc.StatusCode.INVALID_ARGUMENT),
     (state_errors.BlobTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (state_errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (state_errors.NotAddressedToNode, grpc.StatusCode.PERMISSION_DENIED),

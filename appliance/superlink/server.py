@@ -78,6 +78,8 @@ CONTROL_METHODS = {
     _CONTROL + "AddNode": allow(Role.FEDERATION_ADMIN),
     _CONTROL + "RemoveNode": allow(Role.FEDERATION_ADMIN),
     _CONTROL + "ListNodes": allow(Role.FEDERATION_ADMIN, Role.AUDITOR),
+    _CONTROL + "ListArtifacts": allow(*_READERS),
+    _CONTROL + "GetArtifact": allow(*_READERS),
 }
 
 

@@ -328,3 +328,32 @@ def test_secagg_round_survives_a_node_killed_after_key_sharing(federation: Feder
     # weights; SecAgg+ must match within its quantization error (16 bits over [-10, 10]).
     final = float(re.search(r"final sum (\S+)", text).group(1))
     assert abs(final - 25.0) <= 10 * 2 * 10.0 / (2**16 - 1)
+
+
+def test_artifacts_are_kept_with_the_run_and_pulled_by_their_owner(federation: Federation):
+    import json
+
+    from appliance.strategy import decode_npz
+
+    start(federation, 2)
+    code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
+    assert code == 0, err
+    run_id = re.search(r"run (\d+) submitted", out).group(1)
+    target = federation.root / "pulled"
+    code, out, err = federation.cli(
+        "alice", "pull", run_id, "--federation", "test", "--out", str(target)
+    )
+    assert code == 0, err
+    assert "wrote" in out
+    final = decode_npz((target / "model-final.npz").read_bytes())
+    assert float(final["0"].sum()) == pytest.approx(30.0)
+    metrics = json.loads((target / "metrics.json").read_text())
+    assert [r["round"] for r in metrics["rounds"]] == [1, 2]
+    assert metrics["rounds"][0]["train"]["num-examples"] == 20
+    code, out, _ = federation.cli("alice", "log", run_id, "--federation", "test", "--json")
+    assert json.loads(out) == metrics
+    code, out, _ = federation.cli("alice", "log", run_id, "--federation", "test")
+    assert "per-round metrics (FedAvg)" in out
+    code, _, err = federation.cli("bob", "pull", run_id, "--federation", "test", "--out", "x")
+    assert code != 0
+    assert "NOT_FOUND" in err
