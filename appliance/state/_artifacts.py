@@ -8,12 +8,13 @@ ends, for the submitting data scientist to pull.
 from __future__ import annotations
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from appliance.state._store import Store, check_id, check_text
 from appliance.state.errors import InvalidArgument, NotFound, RunNotFound
 
 __all__ = ["ArtifactNotFound", "ArtifactStore"]
-from appliance.state.models import ArtifactRow, RunRow
+from appliance.state.models import ArtifactRow, BundleRow, MessageRow, RunRow
 from appliance.state.values import Artifact, BlobRef
 
 MAX_ARTIFACT_NAME_CHARS = 256
@@ -23,6 +24,14 @@ class ArtifactNotFound(NotFound):
     """No artifact of that name in that run."""
 
     kind = "artifact"
+
+
+def _unreferenced(session: Session, sha256: str) -> bool:
+    """Whether no artifact, message or bundle points at ``sha256`` any more."""
+    for column in (ArtifactRow.sha256, MessageRow.content_sha256, BundleRow.sha256):
+        if session.scalars(select(column).where(column == sha256).limit(1)).first() is not None:
+            return False
+    return True
 
 
 def _artifact(row: ArtifactRow) -> Artifact:
@@ -55,9 +64,14 @@ class ArtifactStore(Store):
             if row is None:
                 row = ArtifactRow(run_id=run_id, name=name)
                 session.add(row)
+            replaced = row.sha256 if row.sha256 != blob.sha256 else None
             row.sha256, row.size, row.created_at = blob.sha256, blob.size, self._now(now)
             session.flush()
-            return _artifact(row)
+            saved = _artifact(row)
+            orphan = replaced is not None and _unreferenced(session, replaced)
+        if orphan:  # the previous version of a rewritten file (metrics.json every round)
+            self._blobs.delete(replaced)  # type: ignore[arg-type]
+        return saved
 
     def list_artifacts(self, run_id: int) -> list[Artifact]:
         """A run's artifacts, by name.

@@ -338,6 +338,53 @@ class MessageStore(Store):
             keep.update(session.scalars(select(BundleRow.sha256)))
         return keep | self.artifact_blobs()  # type: ignore[attr-defined]
 
+    def release_run_bodies(self, run_id: int) -> list[str]:
+        """Delete the message bodies of an ended run; keep the rows (routing, hashes, signatures).
+
+        A body still referenced by a run in flight, a bundle or an artifact (bodies are
+        content-addressed, so two runs may share one) is kept. Bodies of an ended run
+        are never read again: its requests were answered or expired, its replies handed
+        out. Keeping them would grow the data dir by (nodes + 1) x model every round.
+
+        Returns:
+            The SHA-256 of the bodies deleted.
+
+        Raises:
+            RunNotFound: no such run.
+            Conflict: the run is still in flight.
+        """
+        check_id(run_id, "run_id")
+        with self._read() as session:
+            run = session.get(RunRow, run_id)
+            if run is None:
+                raise RunNotFound(run_id)
+            if not RunStatus(run.status).is_terminal:
+                raise Conflict(f"run {run_id} is {run.status}; release bodies of ended runs only")
+            mine = set(
+                session.scalars(
+                    select(MessageRow.content_sha256)
+                    .where(MessageRow.run_id == run_id, MessageRow.content_sha256.is_not(None))
+                    .distinct()
+                )
+            )
+            live = set(
+                session.scalars(
+                    select(MessageRow.content_sha256)
+                    .join(RunRow, RunRow.run_id == MessageRow.run_id)
+                    .where(
+                        MessageRow.run_id != run_id,
+                        MessageRow.content_sha256.in_(mine),
+                        RunRow.status.not_in([s.value for s in RunStatus if s.is_terminal]),
+                    )
+                )
+            )
+            live.update(session.scalars(select(BundleRow.sha256).where(BundleRow.sha256.in_(mine))))
+        live |= self.artifact_blobs() & mine  # type: ignore[attr-defined]
+        released = sorted(sha for sha in mine - live if sha is not None)
+        for sha in released:
+            self._blobs.delete(sha)
+        return released
+
     def purge_run_messages(self, run_id: int) -> int:
         """Delete every message of a finished, failed or stopped run.
 

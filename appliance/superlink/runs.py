@@ -189,6 +189,11 @@ class RunLauncher:
             _log.warning("run already settled", run_id=process.run_id, error=str(exc))
         with self._lock:
             self._processes.pop(process.run_id, None)
+        try:
+            released = self._state.release_run_bodies(process.run_id)
+            _log.info("run bodies released", run_id=process.run_id, blobs=len(released))
+        except Exception:
+            _log.exception("could not release the run's message bodies", run_id=process.run_id)
         self._hub.notify_run_ended(process.run_id, status.value)
         self._hub.forget_run(process.run_id)
         shutil.rmtree(process.directory, ignore_errors=True)

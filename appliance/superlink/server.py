@@ -231,6 +231,8 @@ class SuperLink:
         recovery = self.state.recover_after_restart()
         if recovery.failed_run_ids:
             _log.warning("runs failed by the restart", run_ids=list(recovery.failed_run_ids))
+        for run_id in recovery.failed_run_ids:
+            self.state.release_run_bodies(run_id)
         if self._tls is not None:
             warning = expiry_warning(self._tls.certificate, datetime.now(UTC))
             if warning:

@@ -357,3 +357,9 @@ def test_artifacts_are_kept_with_the_run_and_pulled_by_their_owner(federation: F
     code, _, err = federation.cli("bob", "pull", run_id, "--federation", "test", "--out", "x")
     assert code != 0
     assert "NOT_FOUND" in err
+    # The run's message bodies are gone from the data dir; its bundle and artifacts stay.
+    blobs = {p.name for p in (federation.root / "superlink" / "blobs").iterdir()}
+    with federation.client("alice") as client:
+        artifacts = {a.sha256 for a in client.artifacts(int(run_id))}
+        (info,) = client.runs(int(run_id))
+    assert blobs == artifacts | {info.bundle_sha256}

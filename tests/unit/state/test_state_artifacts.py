@@ -16,7 +16,8 @@ def test_artifacts_are_saved_replaced_listed_and_kept_by_gc(state, make_run):
     assert state.get_artifact(run.run_id, "model-final.npz").size == model.size
     kept = state.referenced_blobs()
     assert {model.sha256, second.sha256} <= kept
-    assert first.sha256 not in kept  # the replaced version may be collected
+    assert first.sha256 not in kept
+    assert not state.blobs.exists(first.sha256)  # the replaced version is deleted at once
 
 
 def test_artifact_errors(state, make_run):

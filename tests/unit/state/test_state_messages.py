@@ -423,3 +423,22 @@ def test_queue_messages_is_all_or_nothing(state, world, body, request_meta):
         state.queue_messages([(m, body) for m in bad])
     with pytest.raises(MessageNotFound):
         state.get_message(bad[0].message_id)  # the first one was rolled back too
+
+
+def test_release_run_bodies_keeps_shared_and_live_bodies(state, make_run, world, request_meta):
+    ended = make_run(RunStatus.RUNNING)
+    live = make_run(RunStatus.RUNNING)
+    own = state.blobs.put_bytes(b"only the ended run's model")
+    shared = state.blobs.put_bytes(b"a model both runs sent")
+    kept_row = request_meta(ended.run_id, world.node_id)
+    state.queue_message(kept_row, own)
+    state.queue_message(request_meta(ended.run_id, world.node_id), shared)
+    state.queue_message(request_meta(live.run_id, world.node_id), shared)
+    with pytest.raises(Conflict, match="ended runs only"):
+        state.release_run_bodies(ended.run_id)
+    state.transition_run(ended.run_id, RunStatus.FINISHED)
+    assert state.release_run_bodies(ended.run_id) == [own.sha256]
+    assert not state.blobs.exists(own.sha256)
+    assert state.blobs.exists(shared.sha256)  # the live run still needs it
+    row = state.get_message(kept_row.message_id)  # rows (and hashes) stay; only bodies go
+    assert row.content == own
