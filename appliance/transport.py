@@ -17,12 +17,15 @@ from appliance.errors import ApplianceError
 
 __all__ = [
     "CHUNK_BYTES",
+    "REPLY_SIGNATURE_METHOD",
     "Assembler",
     "TransportError",
     "iter_chunks",
     "reply_digest",
 ]
 
+#: The label a node's reply signature is bound to (certs envelope of kind REPLY).
+REPLY_SIGNATURE_METHOD = "/greenhouse.fleet.v1.Fleet/PushReply"
 #: Bytes per data chunk on the wire (well under gRPC's default 4 MiB message limit).
 CHUNK_BYTES = 1024 * 1024
 _REPLY_DIGEST = struct.Struct(">4s32s?q32s32s")

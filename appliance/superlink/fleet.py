@@ -27,16 +27,15 @@ from appliance.proto import fleet_pb2 as pb
 from appliance.proto import fleet_pb2_grpc
 from appliance.state import BlobRef, Node, State
 from appliance.superlink.hub import Hub
-from appliance.transport import reply_digest
+from appliance.transport import REPLY_SIGNATURE_METHOD, reply_digest
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata
 from certs.grpc_auth import identity_from_context
 from certs.identity import Identity
 from certs.signing import EnvelopeKind, RequestVerifier, SignedEnvelope
 
-__all__ = ["PUSH_REPLY_METHOD", "FleetServicer"]
+__all__ = ["FleetServicer"]
 
 _log = get_logger("appliance.superlink.fleet")
-PUSH_REPLY_METHOD = "/greenhouse.fleet.v1.Fleet/PushReply"
 
 #: Called with a node id when its subscription ends (the SuperLink starts its grace timer).
 DisconnectHook = Callable[[int], None]
@@ -191,7 +190,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             self._verifier.verify(
                 SignedEnvelope.parse(head.signature),
                 kind=EnvelopeKind.REPLY,
-                method=PUSH_REPLY_METHOD,
+                method=REPLY_SIGNATURE_METHOD,
                 body=digest,
                 signing_key=identity.signing_key,
             )

@@ -27,6 +27,7 @@ from typing import IO
 
 from appliance.bundle import extract_bundle
 from appliance.logs import get_logger
+from appliance.process_env import scrubbed_env
 from appliance.state import InvalidTransition, LogStream, RunStatus, State
 from appliance.superlink.hub import Hub
 from appliance.superlink.serverapp_process import ENV_ADDRESS, ENV_MAX_REPLY_BYTES, ENV_TOKEN
@@ -34,7 +35,6 @@ from appliance.superlink.serverapp_process import ENV_ADDRESS, ENV_MAX_REPLY_BYT
 __all__ = ["RunLauncher"]
 
 _log = get_logger("appliance.superlink.runs")
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS")
 MAX_LOG_LINE = 8192
 
 
@@ -95,8 +95,7 @@ class RunLauncher:
         data = b"".join(self._state.open_bundle(run.bundle_sha256))
         app_dir = extract_bundle(data, directory / "app", expected_sha256=run.bundle_sha256)
         token = secrets.token_urlsafe(32)
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-        env.update(
+        env = scrubbed_env(
             {
                 ENV_ADDRESS: self._appio_address,
                 ENV_TOKEN: token,

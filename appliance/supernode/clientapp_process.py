@@ -26,12 +26,13 @@ from appliance.errors import ApplianceError
 from appliance.message import Error, ErrorCode, Message
 from appliance.wire import decode_message, encode_message
 
-__all__ = ["ENV_IN_FD", "ENV_OUT_FD", "read_frame", "serve", "write_frame"]
+__all__ = ["ENV_IN_FD", "ENV_OUT_FD", "FRAME_LENGTH", "read_frame", "serve", "write_frame"]
 
 ENV_IN_FD = "GREENHOUSE_IN_FD"
 ENV_OUT_FD = "GREENHOUSE_OUT_FD"
 ENV_CONTEXT = "GREENHOUSE_CLIENT_CONTEXT"
-_LENGTH = struct.Struct(">Q")
+#: Each frame on the pipes is preceded by its length, an 8-byte big-endian integer.
+FRAME_LENGTH = struct.Struct(">Q")
 
 
 class PipeClosed(ApplianceError):
@@ -40,7 +41,7 @@ class PipeClosed(ApplianceError):
 
 def write_frame(stream: BinaryIO, frame: bytes) -> None:
     """Write one length-prefixed frame and flush."""
-    stream.write(_LENGTH.pack(len(frame)))
+    stream.write(FRAME_LENGTH.pack(len(frame)))
     stream.write(frame)
     stream.flush()
 
@@ -59,7 +60,7 @@ def _read_exactly(stream: BinaryIO, count: int) -> bytearray:
 
 def read_frame(stream: BinaryIO, max_bytes: int) -> bytearray:
     """Read one length-prefixed frame (at most ``max_bytes``)."""
-    (length,) = _LENGTH.unpack(_read_exactly(stream, _LENGTH.size))
+    (length,) = FRAME_LENGTH.unpack(_read_exactly(stream, FRAME_LENGTH.size))
     if length > max_bytes:
         raise PipeClosed(f"peer announced a {length}-byte frame, more than {max_bytes}")
     return _read_exactly(stream, length)

@@ -14,7 +14,6 @@ import json
 import os
 import select
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -26,15 +25,18 @@ from appliance.context import UserConfig
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.message import Error, ErrorCode, Message
-from appliance.supernode.clientapp_process import ENV_CONTEXT, ENV_IN_FD, ENV_OUT_FD
+from appliance.process_env import scrubbed_env
+from appliance.supernode.clientapp_process import (
+    ENV_CONTEXT,
+    ENV_IN_FD,
+    ENV_OUT_FD,
+    FRAME_LENGTH,
+)
 from appliance.wire import WireError, decode_message, encode_message
 
 __all__ = ["ClientAppProcess"]
 
-_LENGTH = struct.Struct(">Q")
 _log = get_logger("appliance.supernode.clientapp")
-#: Environment variables a ClientApp subprocess inherits; everything else is scrubbed.
-INHERITED_ENV = ("PATH", "LANG", "LC_ALL", "TZ", "PYTHONPATH", "VIRTUAL_ENV", "OMP_NUM_THREADS")
 
 
 class _ChildFailed(ApplianceError):
@@ -97,8 +99,7 @@ class ClientAppProcess:
     def _start(self) -> None:
         child_in, self._to_child = os.pipe()
         self._from_child, child_out = os.pipe()
-        env = {k: os.environ[k] for k in INHERITED_ENV if k in os.environ}
-        env.update(self._extra_env)
+        env = scrubbed_env(self._extra_env)
         env[ENV_IN_FD], env[ENV_OUT_FD] = str(child_in), str(child_out)
         env[ENV_CONTEXT] = json.dumps(self._settings)
         self._work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -133,11 +134,13 @@ class ClientAppProcess:
         frame = encode_message(message)
         deadline = time.monotonic() + timeout_s
         try:
-            os.write(self._to_child, _LENGTH.pack(len(frame)))
+            os.write(self._to_child, FRAME_LENGTH.pack(len(frame)))
             view = memoryview(frame)
             while view:
                 view = view[os.write(self._to_child, view) :]
-            (length,) = _LENGTH.unpack(_read_exactly(self._from_child, _LENGTH.size, deadline))
+            (length,) = FRAME_LENGTH.unpack(
+                _read_exactly(self._from_child, FRAME_LENGTH.size, deadline)
+            )
             if length > self._max_bytes:
                 raise _ChildFailed(f"the ClientApp sent a {length}-byte reply, over the limit")
             reply = decode_message(_read_exactly(self._from_child, length, deadline))

@@ -51,7 +51,7 @@ from appliance.supernode.policy import (
     verify_egress,
 )
 from appliance.supernode.secagg_keys import secagg_credentials
-from appliance.transport import Assembler, iter_chunks, reply_digest
+from appliance.transport import REPLY_SIGNATURE_METHOD, Assembler, iter_chunks, reply_digest
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
 from certs import SigningInterceptor, client_credentials, load_certificate, load_signing_key
 from certs.roles import Role
@@ -63,7 +63,6 @@ from secagg import make_secagg_mod
 __all__ = ["SuperNode", "SuperNodeConfig"]
 
 _log = get_logger("appliance.supernode")
-PUSH_REPLY_METHOD = "/greenhouse.fleet.v1.Fleet/PushReply"
 VERSION = "1"
 
 
@@ -348,7 +347,7 @@ class SuperNode:
             b""
             if self._signer is None
             else self._signer.sign(
-                kind=EnvelopeKind.REPLY, method=PUSH_REPLY_METHOD, body=digest
+                kind=EnvelopeKind.REPLY, method=REPLY_SIGNATURE_METHOD, body=digest
             ).to_bytes()
         )
         head = pb.ReplyHead(

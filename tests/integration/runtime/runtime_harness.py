@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -269,3 +270,10 @@ def start(fed: Federation, nodes: int, policy: Path | None = None) -> None:
     for i, name in enumerate(names):
         fed.start_node(name, i, nodes, policy)
     fed.wait_online(*names)
+
+
+def submitted_run(cli_output: str) -> int:
+    """The run id ``greenhouse run`` printed ("run N submitted ...")."""
+    match = re.search(r"run (\d+) submitted", cli_output)
+    assert match, cli_output
+    return int(match.group(1))

@@ -8,7 +8,7 @@ import re
 import time
 
 import pytest
-from runtime_harness import APPS, EXAMPLES, NODES, Federation, start, wait_for
+from runtime_harness import APPS, EXAMPLES, NODES, Federation, start, submitted_run, wait_for
 
 from appliance.local import run_local_app
 
@@ -57,7 +57,7 @@ def test_server_app_that_raises_fails_only_its_run(federation: Federation):
     )
     assert code != 0
     assert "failed: RuntimeError: boom at start" in err
-    run_id = int(re.search(r"run (\d+) submitted", out).group(1))
+    run_id = submitted_run(out)
     code, log, _ = federation.cli("alice", "log", str(run_id), "--federation", "test")
     assert code == 0
     assert "RuntimeError: boom at start" in log
@@ -80,7 +80,7 @@ def test_two_data_scientists_are_isolated(federation: Federation):
         "train-sleep=30",
     )
     assert code == 0
-    alice_run = int(re.search(r"run (\d+) submitted", out).group(1))
+    alice_run = submitted_run(out)
     code, out, _ = federation.cli("bob", "ls", "--federation", "test", "--json")
     assert code == 0
     assert str(alice_run) not in out
@@ -113,17 +113,17 @@ def test_killed_supernode_fails_its_work_and_the_round_completes(federation: Fed
         "--run-config",
         "train-sleep=3.0 num-server-rounds=1 min-nodes=2",
     )
-    run_id = int(re.search(r"run (\d+) submitted", out).group(1))
+    run_id = submitted_run(out)
     wait_for(lambda: federation.run_status("alice", run_id)[0] == "running", 30, "the run to start")
     time.sleep(1.5)  # the nodes are inside train()
     federation.kill_node("n3")
-    started = time.monotonic()
     status, reason = federation.wait_run("alice", run_id)
     assert status == "finished", reason
-    # The dead node is noticed within the grace period, not the 60 s round timeout.
-    assert time.monotonic() - started < 30
     _, log, _ = federation.cli("alice", "log", str(run_id), "--federation", "test")
+    # The SuperLink answered for the dead node (NODE_UNAVAILABLE), rather than the round
+    # waiting out its 60 s timeout ("no reply before the timeout").
     assert re.search(r"round 1 failure: error reply 5: node \d+ went offline", log), log
+    assert "no reply before the timeout" not in log
     assert "final sum 15.0000" in log  # mean of +1 and +2 over 10 weights
     assert "n3" not in federation.online()
     federation.start_node("n3", 2, 3)
@@ -144,7 +144,7 @@ def test_superlink_restart_keeps_state_and_nodes_reconnect(federation: Federatio
         "--run-config",
         "train-sleep=30",
     )
-    in_flight = int(re.search(r"run (\d+) submitted", out).group(1))
+    in_flight = submitted_run(out)
     wait_for(lambda: federation.run_status("alice", in_flight)[0] == "running", 30, "run start")
     federation.kill_superlink()
     federation.start_superlink()
@@ -195,7 +195,7 @@ def test_a_run_on_postgresql_survives_a_restart(federation: Federation, postgres
     code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
     assert code == 0, err + federation.log("superlink")
     assert "final sum 30.0000" in out
-    run_id = int(re.search(r"run (\d+) submitted", out).group(1))
+    run_id = submitted_run(out)
     federation.kill_superlink()
     federation.start_superlink()
     assert federation.run_status("alice", run_id) == ("finished", "")
@@ -313,7 +313,7 @@ def test_secagg_round_survives_a_node_killed_after_key_sharing(federation: Feder
         "secagg=true num-server-rounds=1 min-nodes=4 pause-after-stage='share-keys' pause-s=4.0",
     )
     assert code == 0
-    run_id = int(re.search(r"run (\d+) submitted", out).group(1))
+    run_id = submitted_run(out)
 
     def log() -> str:
         return federation.cli("alice", "log", str(run_id), "--federation", "test")[1]
@@ -338,7 +338,7 @@ def test_artifacts_are_kept_with_the_run_and_pulled_by_their_owner(federation: F
     start(federation, 2)
     code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
     assert code == 0, err
-    run_id = re.search(r"run (\d+) submitted", out).group(1)
+    run_id = str(submitted_run(out))
     target = federation.root / "pulled"
     code, out, err = federation.cli(
         "alice", "pull", run_id, "--federation", "test", "--out", str(target)
