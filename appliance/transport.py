@@ -22,6 +22,7 @@ __all__ = [
     "TransportError",
     "iter_chunks",
     "reply_digest",
+    "witness_key_name",
 ]
 
 #: The label a node's reply signature is bound to (certs envelope of kind REPLY).
@@ -29,6 +30,14 @@ REPLY_SIGNATURE_METHOD = "/greenhouse.fleet.v1.Fleet/PushReply"
 #: Bytes per data chunk on the wire (well under gRPC's default 4 MiB message limit).
 CHUNK_BYTES = 1024 * 1024
 _REPLY_DIGEST = struct.Struct(">4s32s?q32s32s")
+
+
+def witness_key_name(node_name: str) -> str:
+    """The key name a site's audit witness cosigns under: its node name, made a valid
+    signed-note key name (no spaces, ``+`` or controls). The SuperLink accepts a
+    node's cosignatures only under this name, so one site cannot cosign as another.
+    """
+    return "".join("-" if c.isspace() or c == "+" or ord(c) < 32 else c for c in node_name)
 
 
 class TransportError(ApplianceError):

@@ -28,6 +28,15 @@ read. Either way the ``seq`` primary key makes a conflicting append by another
 writer fail instead of forking the log (own transactions resynchronise and
 retry once; a caller's transaction gets :class:`AppendFailed`). Time and the
 signing key are injected; no globals.
+
+Lock order, always: the database's write lock, then the log's in-process lock.
+Own transactions begin before they take the in-process lock; on PostgreSQL
+every writing transaction first takes a transaction-scoped advisory lock, so
+concurrent callers' transactions append one after the other instead of
+colliding on ``seq`` at commit. On SQLite, give the log an engine whose
+transactions ``BEGIN IMMEDIATE`` (or append only inside callers' write
+transactions): a deferred transaction takes the write lock only at its first
+insert, after the in-process lock, and could wait on a caller that waits on it.
 """
 
 from __future__ import annotations
@@ -39,7 +48,7 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from sqlalchemy import Connection, Engine, insert, select
+from sqlalchemy import Connection, Engine, insert, select, text
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -78,6 +87,14 @@ Clock = Callable[[], datetime]
 """Returns the current time as a timezone-aware ``datetime``."""
 
 _MAX_SIZE = 2**63 - 1
+#: pg_advisory_xact_lock key serializing audit writers (int64 of b"GHAUDIT\x01").
+_PG_LOCK_KEY = int.from_bytes(b"GHAUDIT\x01", "big") - 2**63
+
+
+def _serialize_writers(conn: Connection) -> None:
+    """On PostgreSQL, wait for other audit writers' transactions to end (held to commit)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_LOCK_KEY})
 
 
 def _action(value: Action | str) -> Action:
@@ -266,22 +283,24 @@ class AuditLog:
             AuditUsageError: the log is closed or ``connection`` is unusable.
             AppendFailed: the database refused or failed; nothing was appended.
         """
-        with self._lock:
-            self._check_open()
-            args = (actor, action, subjects, details)
-            try:
-                if connection is not None:
+        self._check_open()
+        args = (actor, action, subjects, details)
+        try:
+            if connection is not None:
+                conn = _connection_of(connection)
+                _serialize_writers(conn)
+                with self._lock:
+                    self._check_open()
                     self._confirmed = False  # the caller's transaction may still roll back
-                    return self._append_in(_connection_of(connection), *args)
-                try:
-                    return self._append_own(*args)
-                except IntegrityError:  # another writer took this seq: resync, once
-                    return self._append_own(*args)
-            except SQLAlchemyError as exc:
-                raise AppendFailed(
-                    f"audit entry {self._builder.size} ({action}) was not written: "
-                    f"{type(exc).__name__}"
-                ) from exc
+                    return self._append_in(conn, *args)
+            try:
+                return self._append_own(*args)
+            except IntegrityError:  # another writer took this seq: resync, once
+                return self._append_own(*args)
+        except SQLAlchemyError as exc:
+            raise AppendFailed(
+                f"audit entry {self._builder.size} ({action}) was not written: {type(exc).__name__}"
+            ) from exc
 
     def _append_own(
         self,
@@ -292,10 +311,13 @@ class AuditLog:
     ) -> Entry:
         """Append in a transaction of our own; its outcome is known, so the tree
         state is trusted afterwards and the next own append skips the tail read."""
-        trusted, self._confirmed = self._confirmed, False
         with self._engine.begin() as conn:
-            entry = self._append_in(conn, actor, action, subjects, details, trusted=trusted)
-        self._confirmed = True
+            _serialize_writers(conn)
+            with self._lock:
+                self._check_open()
+                trusted, self._confirmed = self._confirmed, False
+                entry = self._append_in(conn, actor, action, subjects, details, trusted=trusted)
+        self._confirmed = True  # committed (a failed commit raised above)
         return entry
 
     def _append_in(
@@ -368,20 +390,24 @@ class AuditLog:
             AuditUsageError: the log is closed.
             AppendFailed: the checkpoint could not be stored.
         """
+        self._check_open()
+        try:
+            if connection is not None:
+                return self._checkpoint_in(_connection_of(connection))
+            with self._engine.begin() as conn:
+                return self._checkpoint_in(conn)
+        except SQLAlchemyError as exc:
+            raise AppendFailed(
+                f"tree head at size {self._builder.size} was not stored: {type(exc).__name__}"
+            ) from exc
+
+    def _checkpoint_in(self, conn: Connection) -> str:
+        _serialize_writers(conn)
         with self._lock:
             self._check_open()
-            try:
-                if connection is not None:
-                    conn = _connection_of(connection)
-                    self._sync(conn)
-                    return self._write_checkpoint(conn)
-                with self._engine.begin() as conn:
-                    self._sync(conn)
-                    return self._write_checkpoint(conn)
-            except SQLAlchemyError as exc:
-                raise AppendFailed(
-                    f"tree head at size {self._builder.size} was not stored: {type(exc).__name__}"
-                ) from exc
+            self._confirmed = False
+            self._sync(conn)
+            return self._write_checkpoint(conn)
 
     def checkpoint_at(self, tree_size: int) -> str:
         """Sign and store a tree head at an earlier size (idempotent per size).
@@ -397,10 +423,12 @@ class AuditLog:
             AuditUsageError: the log is closed, or ``tree_size`` is outside the stored log.
             AppendFailed: the tree head could not be stored.
         """
-        with self._lock:
-            self._check_open()
-            try:
-                with self._engine.begin() as conn:
+        self._check_open()
+        try:
+            with self._engine.begin() as conn:
+                _serialize_writers(conn)
+                with self._lock:
+                    self._confirmed = False
                     self._sync(conn)
                     cut = latest_archive(conn)
                     first = 0 if cut is None else cut.tree_size
@@ -419,10 +447,10 @@ class AuditLog:
                     if builder.size != tree_size:
                         raise AppendFailed(f"audit_entries has gaps below seq {tree_size}")
                     return self._write_checkpoint(conn, builder.compact_range())
-            except SQLAlchemyError as exc:
-                raise AppendFailed(
-                    f"tree head at size {tree_size} was not stored: {type(exc).__name__}"
-                ) from exc
+        except SQLAlchemyError as exc:
+            raise AppendFailed(
+                f"tree head at size {tree_size} was not stored: {type(exc).__name__}"
+            ) from exc
 
     def add_cosignature(
         self, tree_size: int, signature: NoteSignature | str, witness_key: VerifierKey
@@ -442,7 +470,8 @@ class AuditLog:
         if not signature.matches(witness_key):
             raise AuditUsageError(f"signature is by {signature.name}, not {witness_key.name}")
         try:
-            with self._lock, self._engine.begin() as conn:
+            with self._engine.begin() as conn:
+                _serialize_writers(conn)
                 self._store_cosignature(conn, tree_size, signature, witness_key)
         except SQLAlchemyError as exc:
             raise AppendFailed(

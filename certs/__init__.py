@@ -82,6 +82,7 @@ from certs.identity import (
 )
 from certs.keys import (
     check_key_permissions,
+    load_or_create_signing_key,
     load_private_key,
     load_signing_key,
     load_tls_key,
@@ -176,6 +177,7 @@ __all__ = [
     "load_certificate",
     "load_crl",
     "load_csr",
+    "load_or_create_signing_key",
     "load_private_key",
     "load_signing_key",
     "load_tls_key",

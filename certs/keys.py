@@ -34,6 +34,7 @@ __all__ = [
     "generate_signing_key",
     "generate_tls_key",
     "is_encrypted_key",
+    "load_or_create_signing_key",
     "load_private_key",
     "load_signing_key",
     "load_tls_key",
@@ -174,3 +175,22 @@ def load_signing_key(path: Path) -> Ed25519PrivateKey:
     if not isinstance(key, Ed25519PrivateKey):
         raise KeyFileError(f"private key {path} is not an Ed25519 signing key")
     return key
+
+
+def load_or_create_signing_key(path: Path) -> tuple[Ed25519PrivateKey, bool]:
+    """Load the Ed25519 key at ``path``, creating it (mode 0600) on first use.
+
+    For keys that belong to one process's data directory (an audit log's key),
+    not for identities the CA binds into certificates.
+
+    Returns:
+        The key, and whether it was just created.
+
+    Raises:
+        KeyFileError: the file is unreadable, not Ed25519, too open, or cannot be written.
+    """
+    if path.exists():
+        return load_signing_key(path), False
+    key = generate_signing_key()
+    write_private_key(path, key)
+    return key, True

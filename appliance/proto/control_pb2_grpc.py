@@ -79,6 +79,11 @@ class ControlStub:
                 request_serializer=appliance_dot_proto_dot_control__pb2.GetArtifactRequest.SerializeToString,
                 response_deserializer=appliance_dot_proto_dot_control__pb2.ArtifactData.FromString,
                 _registered_method=True)
+        self.ListAudit = channel.unary_stream(
+                '/greenhouse.control.v1.Control/ListAudit',
+                request_serializer=appliance_dot_proto_dot_control__pb2.ListAuditRequest.SerializeToString,
+                response_deserializer=appliance_dot_proto_dot_control__pb2.AuditLine.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -138,6 +143,13 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAudit(self, request, context):
+        """Audit entries (auditor role), oldest first, as their canonical JSON lines.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -185,6 +197,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.GetArtifact,
                     request_deserializer=appliance_dot_proto_dot_control__pb2.GetArtifactRequest.FromString,
                     response_serializer=appliance_dot_proto_dot_control__pb2.ArtifactData.SerializeToString,
+            ),
+            'ListAudit': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListAudit,
+                    request_deserializer=appliance_dot_proto_dot_control__pb2.ListAuditRequest.FromString,
+                    response_serializer=appliance_dot_proto_dot_control__pb2.AuditLine.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -430,6 +447,33 @@ class Control:
             '/greenhouse.control.v1.Control/GetArtifact',
             appliance_dot_proto_dot_control__pb2.GetArtifactRequest.SerializeToString,
             appliance_dot_proto_dot_control__pb2.ArtifactData.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAudit(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/greenhouse.control.v1.Control/ListAudit',
+            appliance_dot_proto_dot_control__pb2.ListAuditRequest.SerializeToString,
+            appliance_dot_proto_dot_control__pb2.AuditLine.FromString,
             options,
             channel_credentials,
             insecure,

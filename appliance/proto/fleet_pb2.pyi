@@ -1,6 +1,7 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from collections.abc import Mapping as _Mapping
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
@@ -58,10 +59,12 @@ class Keepalive(_message.Message):
     def __init__(self, server_time: _Optional[float] = ...) -> None: ...
 
 class PullMessageRequest(_message.Message):
-    __slots__ = ("message_id",)
+    __slots__ = ("message_id", "witness_size")
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]
+    WITNESS_SIZE_FIELD_NUMBER: _ClassVar[int]
     message_id: str
-    def __init__(self, message_id: _Optional[str] = ...) -> None: ...
+    witness_size: int
+    def __init__(self, message_id: _Optional[str] = ..., witness_size: _Optional[int] = ...) -> None: ...
 
 class RunContext(_message.Message):
     __slots__ = ("run_id", "bundle_sha256", "run_config_json")
@@ -74,14 +77,18 @@ class RunContext(_message.Message):
     def __init__(self, run_id: _Optional[int] = ..., bundle_sha256: _Optional[str] = ..., run_config_json: _Optional[str] = ...) -> None: ...
 
 class MessageHead(_message.Message):
-    __slots__ = ("metadata", "content_size", "run")
+    __slots__ = ("metadata", "content_size", "run", "audit_checkpoint", "audit_consistency")
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SIZE_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
     metadata: bytes
     content_size: int
     run: RunContext
-    def __init__(self, metadata: _Optional[bytes] = ..., content_size: _Optional[int] = ..., run: _Optional[_Union[RunContext, _Mapping]] = ...) -> None: ...
+    audit_checkpoint: str
+    audit_consistency: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, metadata: _Optional[bytes] = ..., content_size: _Optional[int] = ..., run: _Optional[_Union[RunContext, _Mapping]] = ..., audit_checkpoint: _Optional[str] = ..., audit_consistency: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class MessageChunk(_message.Message):
     __slots__ = ("head", "data")
@@ -142,3 +149,17 @@ class BundleChunk(_message.Message):
     head: BundleHead
     data: bytes
     def __init__(self, head: _Optional[_Union[BundleHead, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class CosignRequest(_message.Message):
+    __slots__ = ("tree_size", "signature_line", "witness_vkey")
+    TREE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_LINE_FIELD_NUMBER: _ClassVar[int]
+    WITNESS_VKEY_FIELD_NUMBER: _ClassVar[int]
+    tree_size: int
+    signature_line: str
+    witness_vkey: str
+    def __init__(self, tree_size: _Optional[int] = ..., signature_line: _Optional[str] = ..., witness_vkey: _Optional[str] = ...) -> None: ...
+
+class CosignResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -59,6 +59,11 @@ class FleetStub:
                 request_serializer=appliance_dot_proto_dot_fleet__pb2.GetBundleRequest.SerializeToString,
                 response_deserializer=appliance_dot_proto_dot_fleet__pb2.BundleChunk.FromString,
                 _registered_method=True)
+        self.Cosign = channel.unary_unary(
+                '/greenhouse.fleet.v1.Fleet/Cosign',
+                request_serializer=appliance_dot_proto_dot_fleet__pb2.CosignRequest.SerializeToString,
+                response_deserializer=appliance_dot_proto_dot_fleet__pb2.CosignResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -94,6 +99,13 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Cosign(self, request, context):
+        """A site's witness cosignature on one of the SuperLink's audit tree heads.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +133,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.GetBundle,
                     request_deserializer=appliance_dot_proto_dot_fleet__pb2.GetBundleRequest.FromString,
                     response_serializer=appliance_dot_proto_dot_fleet__pb2.BundleChunk.SerializeToString,
+            ),
+            'Cosign': grpc.unary_unary_rpc_method_handler(
+                    servicer.Cosign,
+                    request_deserializer=appliance_dot_proto_dot_fleet__pb2.CosignRequest.FromString,
+                    response_serializer=appliance_dot_proto_dot_fleet__pb2.CosignResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +275,33 @@ class Fleet:
             '/greenhouse.fleet.v1.Fleet/GetBundle',
             appliance_dot_proto_dot_fleet__pb2.GetBundleRequest.SerializeToString,
             appliance_dot_proto_dot_fleet__pb2.BundleChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Cosign(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenhouse.fleet.v1.Fleet/Cosign',
+            appliance_dot_proto_dot_fleet__pb2.CosignRequest.SerializeToString,
+            appliance_dot_proto_dot_fleet__pb2.CosignResponse.FromString,
             options,
             channel_credentials,
             insecure,

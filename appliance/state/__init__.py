@@ -27,10 +27,12 @@ Example::
 from __future__ import annotations
 
 from appliance.state._artifacts import ArtifactNotFound
+from appliance.state.audit_sink import AuditActor, AuditSink
 from appliance.state.blobs import DEFAULT_CHUNK_BYTES, BlobStore
 from appliance.state.errors import (
     AlreadyDelivered,
     AlreadyReplied,
+    AuditFailed,
     BlobError,
     BlobNotFound,
     BlobTooLarge,
@@ -76,6 +78,9 @@ __all__ = [
     "AlreadyReplied",
     "Artifact",
     "ArtifactNotFound",
+    "AuditActor",
+    "AuditFailed",
+    "AuditSink",
     "BlobError",
     "BlobNotFound",
     "BlobRef",

@@ -8,12 +8,14 @@ run; the tamper-evident record of truth is ``audit/``, not these tables.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import func, select
 
 from appliance.state._runs import canonical_json
 from appliance.state._store import Store, check_id, check_text, clean_text
+from appliance.state.audit_sink import AuditActor
 from appliance.state.errors import InvalidArgument, RunNotFound
 from appliance.state.models import EventRow, RunLogRow, RunRow
 from appliance.state.values import Event, LogLine, LogStream
@@ -110,12 +112,21 @@ class LogStore(Store):
             return [_line(row) for row in rows]
 
     def record_event(
-        self, kind: str, details: dict[str, Any], *, now: float | None = None
+        self,
+        kind: str,
+        details: dict[str, Any],
+        *,
+        audited: bool = False,
+        now: float | None = None,
     ) -> Event:
         """Record an operator-relevant event, e.g. ``("superlink.insecure", {"value": True})``.
 
+        With ``audited``, ``kind`` is also the audit action, written by the system
+        in the same transaction (details must then hold no floats).
+
         Raises:
             InvalidArgument: malformed kind, or details not a JSON object.
+            AuditFailed: the audit entry was refused; nothing was recorded.
         """
         check_text(kind, "event kind", 128)
         details_json = canonical_json(details, "event details")
@@ -123,7 +134,32 @@ class LogStore(Store):
             row = EventRow(kind=kind, created_at=self._now(now), details=details_json)
             session.add(row)
             session.flush()
+            if audited:
+                self._audit(session, kind, subjects={}, details=details)
             return _event(row)
+
+    def record_audit(
+        self,
+        action: str,
+        *,
+        actor: AuditActor | None = None,
+        subjects: Mapping[str, str],
+        details: Mapping[str, object],
+    ) -> None:
+        """Write an audit entry that goes with no state change (a refused call).
+
+        It is written in a state write transaction, like every audit entry, so
+        the lock order is always the database's, then the audit log's. Without
+        an audit sink it does nothing.
+
+        Raises:
+            AuditFailed: the entry was refused.
+            StorageError: the database failed.
+        """
+        if self._audit_sink is None:
+            return
+        with self._write() as session:
+            self._audit(session, action, actor=actor, subjects=subjects, details=details)
 
     def list_events(self, kind: str | None = None) -> list[Event]:
         """Recorded events (of ``kind`` if given), oldest first."""

@@ -12,6 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from appliance.state._store import RetryTransaction, Store, check_id, check_text, new_id
+from appliance.state.audit_sink import AuditActor
 from appliance.state.errors import NodeAlreadyEnrolled, NodeNotFound
 from appliance.state.models import NodeRow
 from appliance.state.values import Node, check_sha256
@@ -43,6 +44,7 @@ class NodeStore(Store):
         signing_key_fingerprint: str,
         enrolled_by: str,
         *,
+        actor: AuditActor | None = None,
         now: float | None = None,
     ) -> Node:
         """Enrol a node under a fresh random id (offline until it connects).
@@ -87,7 +89,19 @@ class NodeStore(Store):
                         session.flush()
                     except IntegrityError:
                         raise RetryTransaction from None
-                    return node_from_row(row)
+                    node = node_from_row(row)
+                    self._audit(
+                        session,
+                        "node.enrolled",
+                        actor=actor,
+                        subjects={"node": str(node.node_id)},
+                        details={
+                            "name": name,
+                            "cert_fingerprint": cert_fingerprint,
+                            "signing_key_fingerprint": signing_key_fingerprint,
+                        },
+                    )
+                    return node
             except RetryTransaction:
                 continue  # a concurrent enrolment or an id collision: re-check and retry
         raise NodeAlreadyEnrolled(f"node {name!r} could not be enrolled (conflicting writes)")
@@ -107,8 +121,8 @@ class NodeStore(Store):
             f"certificate {cert_fingerprint} is already enrolled as node {clash.name!r}"
         )
 
-    def remove_node(self, name: str) -> Node:
-        """Remove a node by name; its messages stay for the record.
+    def remove_node(self, name: str, *, actor: AuditActor | None = None) -> Node:
+        """Remove a node by name; its messages stay for the record (audited).
 
         Returns:
             The node as it was.
@@ -122,6 +136,14 @@ class NodeStore(Store):
                 raise NodeNotFound(repr(name))
             node = node_from_row(row)
             session.delete(row)
+            session.flush()
+            self._audit(
+                session,
+                "node.removed",
+                actor=actor,
+                subjects={"node": str(node.node_id)},
+                details={"name": node.name, "cert_fingerprint": node.cert_fingerprint},
+            )
             return node
 
     def get_node(self, node_id: int) -> Node:
@@ -158,13 +180,22 @@ class NodeStore(Store):
             rows = session.scalars(select(NodeRow).order_by(NodeRow.name))
             return [node_from_row(row) for row in rows]
 
-    def set_node_online(self, node_id: int, online: bool, *, now: float | None = None) -> Node:
+    def set_node_online(
+        self,
+        node_id: int,
+        online: bool,
+        *,
+        actor: AuditActor | None = None,
+        now: float | None = None,
+    ) -> Node:
         """Mark a node online or offline and update its ``last_seen_at``.
+
+        Going online is audited as ``node.connected`` by ``actor`` (the node).
 
         Raises:
             NodeNotFound: no such node.
         """
-        return self._update_node(node_id, now, online=bool(online))
+        return self._update_node(node_id, now, actor=actor, online=bool(online))
 
     def touch_node(self, node_id: int, *, now: float | None = None) -> Node:
         """Record that a node was just seen (``last_seen_at``).
@@ -174,16 +205,31 @@ class NodeStore(Store):
         """
         return self._update_node(node_id, now)
 
-    def _update_node(self, node_id: int, now: float | None, **values: object) -> Node:
+    def _update_node(
+        self,
+        node_id: int,
+        now: float | None,
+        *,
+        actor: AuditActor | None = None,
+        online: bool | None = None,
+    ) -> Node:
         check_id(node_id, "node_id")
         with self._write() as session:
             row = session.get(NodeRow, node_id)
             if row is None:
                 raise NodeNotFound(node_id)
             row.last_seen_at = self._now(now)
-            if "online" in values:
-                row.online = bool(values["online"])
+            if online is not None:
+                row.online = online
             session.flush()
+            if online:
+                self._audit(
+                    session,
+                    "node.connected",
+                    actor=actor,
+                    subjects={"node": str(node_id)},
+                    details={"name": row.name},
+                )
             return node_from_row(row)
 
     def online_node_ids(self) -> list[int]:

@@ -10,6 +10,7 @@ the reply so every answer stays attributable.
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Iterable
 
@@ -29,6 +30,7 @@ from appliance.state._messages import (
 )
 from appliance.state._runs import clip_reason
 from appliance.state._store import check_id, check_key_text
+from appliance.state.audit_sink import AuditActor
 from appliance.state.errors import (
     AlreadyReplied,
     InvalidArgument,
@@ -42,6 +44,8 @@ from appliance.state.values import BlobRef, StoredMessage
 
 #: Longest accepted node signature (a signed envelope) over a reply, in bytes.
 MAX_SIGNATURE_BYTES = 4096
+#: The audited hash of a reply without content (an error reply): SHA-256 of no bytes.
+EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
 
 
 class ReplyStore(MessageStore):
@@ -54,9 +58,14 @@ class ReplyStore(MessageStore):
         error: tuple[int, str] | None,
         signature: bytes | None,
         *,
+        actor: AuditActor | None = None,
         now: float | None = None,
     ) -> StoredMessage:
         """Record a node's reply and mark its request ``replied``.
+
+        Audited as ``reply.received`` by ``actor`` (the node) with the SHA-256
+        and size of the content - the bytes the site logged as ``egress.reply``
+        (see docs/audit.md).
 
         MUST check that the request exists, is in the same run, was delivered to
         ``meta.src_node_id`` (the authenticated node), has not expired and has not
@@ -116,6 +125,26 @@ class ReplyStore(MessageStore):
                 reply.error_code, reply.error_reason = int(error[0]), clip_reason(error[1])
             reply.signature = None if signature is None else bytes(signature)
             self._insert_reply(session, reply)
+            details: dict[str, object] = {
+                "sha256": EMPTY_SHA256 if content is None else content.sha256,
+                "bytes": 0 if content is None else content.size,
+                "message_type": meta.message_type,
+                "group_id": meta.group_id,
+            }
+            if error is not None:
+                details["error_code"] = int(error[0])
+            self._audit(
+                session,
+                "reply.received",
+                actor=actor,
+                subjects={
+                    "run_id": str(meta.run_id),
+                    "message_id": meta.message_id,
+                    "request_id": request_id,
+                    "node": str(node_id),
+                },
+                details=details,
+            )
             return message_from_row(reply)
 
     @staticmethod
@@ -210,6 +239,46 @@ class ReplyStore(MessageStore):
             )
             self._insert_reply(session, reply)
             return message_from_row(reply)
+
+    def record_round(self, run_id: int, group_id: str) -> tuple[list[int], list[int]]:
+        """Audit ``round.completed``: which nodes answered the run's messages of ``group_id``.
+
+        The record is the SuperLink's own, from the stored replies (the strategy
+        puts the round number in ``group_id``): nodes with a content reply, and
+        nodes whose reply was an error (including answers the SuperLink made
+        for a node that went away).
+
+        Returns:
+            ``(replied, failed)`` node ids, sorted.
+
+        Raises:
+            RunNotFound: no such run.
+            AuditFailed: the entry was refused.
+        """
+        check_id(run_id, "run_id")
+        with self._write() as session:
+            if session.get(RunRow, run_id) is None:
+                raise RunNotFound(run_id)
+            rows = session.execute(
+                select(MessageRow.src_node_id, MessageRow.error_code).where(
+                    MessageRow.run_id == run_id,
+                    MessageRow.group_id == group_id,
+                    MessageRow.reply_to_message_id.is_not(None),
+                )
+            ).all()
+            replied = sorted({r.src_node_id for r in rows if r.error_code is None})
+            failed = sorted({r.src_node_id for r in rows if r.error_code is not None})
+            self._audit(
+                session,
+                "round.completed",
+                subjects={"run_id": str(run_id)},
+                details={
+                    "group_id": group_id,
+                    "replied": [str(n) for n in replied],
+                    "failed": [str(n) for n in failed],
+                },
+            )
+            return replied, failed
 
     def replies_for(self, run_id: int, message_ids: Iterable[str]) -> list[StoredMessage]:
         """Replies to ``message_ids`` in ``run_id`` not yet handed to the ServerApp.

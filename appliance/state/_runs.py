@@ -29,6 +29,7 @@ from appliance.state._store import (
     clean_text,
     new_id,
 )
+from appliance.state.audit_sink import AuditActor
 from appliance.state.errors import (
     BundleNotFound,
     Conflict,
@@ -52,6 +53,13 @@ _ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.STOPPED: frozenset(),
 }
 IN_FLIGHT = (RunStatus.PENDING, RunStatus.STARTING, RunStatus.RUNNING)
+#: The audit action of entering a status (``starting`` is not recorded).
+_AUDIT_ACTION = {
+    RunStatus.RUNNING: "run.started",
+    RunStatus.FINISHED: "run.finished",
+    RunStatus.FAILED: "run.failed",
+    RunStatus.STOPPED: "run.stopped",
+}
 
 
 def allowed_transitions(status: RunStatus) -> frozenset[RunStatus]:
@@ -177,9 +185,13 @@ class RunStore(Store):
         run_config: Mapping[str, Any],
         options: Mapping[str, Any],
         *,
+        actor: AuditActor | None = None,
         now: float | None = None,
     ) -> Run:
         """Record a new run in status ``pending`` under a fresh random id.
+
+        Audited as ``run.submitted`` by ``actor``, with the bundle hash, the run
+        config and the options (as their canonical JSON text).
 
         Raises:
             InvalidArgument: malformed owner, or a config that is not a JSON object.
@@ -212,7 +224,20 @@ class RunStore(Store):
                         session.flush()
                     except IntegrityError:
                         raise RetryTransaction from None  # an id collision
-                    return run_from_row(row)
+                    run = run_from_row(row)
+                    self._audit(
+                        session,
+                        "run.submitted",
+                        actor=actor,
+                        subjects={"run_id": str(run.run_id)},
+                        details={
+                            "owner": owner,
+                            "bundle_sha256": bundle_sha256,
+                            "run_config": config_json,
+                            "options": options_json,
+                        },
+                    )
+                    return run
             except RetryTransaction:
                 continue
         raise Conflict("could not allocate a run id (conflicting writes)")  # pragma: no cover
@@ -223,9 +248,13 @@ class RunStore(Store):
         status: RunStatus | str,
         reason: str | None = None,
         *,
+        actor: AuditActor | None = None,
         now: float | None = None,
     ) -> Run:
         """Move a run to ``status`` along the state machine.
+
+        Audited (``run.started`` / ``finished`` / ``failed`` / ``stopped``, by
+        ``actor`` or the system) in the same transaction.
 
         MUST refuse every transition not in the state machine (including staying in
         the same status and leaving a terminal status). Sets ``started_at`` on
@@ -269,6 +298,14 @@ class RunStore(Store):
             if target.is_terminal:
                 row.finished_at = at
             session.flush()
+            if target in _AUDIT_ACTION:
+                self._audit(
+                    session,
+                    _AUDIT_ACTION[target],
+                    actor=actor,
+                    subjects={"run_id": str(run_id)},
+                    details={} if reason is None else {"reason": reason},
+                )
             return run_from_row(row)
 
     def get_run(self, run_id: int) -> Run:
@@ -312,4 +349,11 @@ class RunStore(Store):
                 .returning(RunRow.run_id)
                 .execution_options(synchronize_session=False)
             ).all()
+            for run_id in sorted(ids):
+                self._audit(
+                    session,
+                    "run.failed",
+                    subjects={"run_id": str(run_id)},
+                    details={"reason": clip_reason(reason) or ""},
+                )
             return sorted(ids)

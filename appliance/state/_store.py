@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,8 +29,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session
 
+from appliance.state.audit_sink import AuditActor, AuditSink
 from appliance.state.blobs import BlobStore
-from appliance.state.errors import Conflict, InvalidArgument, StorageError
+from appliance.state.errors import AuditFailed, Conflict, InvalidArgument, StateError, StorageError
 from appliance.state.models import SCHEMA_VERSION, Base, SettingRow
 
 #: How long a SQLite writer waits for the lock before failing.
@@ -168,6 +169,46 @@ class Store:
         self._url = url
         self._blobs = blobs
         self._clock = clock
+        self._audit_sink: AuditSink | None = None
+
+    def attach_audit(self, sink: AuditSink) -> None:
+        """Record every audited change from now on through ``sink`` (once, at startup)."""
+        self._audit_sink = sink
+
+    @property
+    def writer_engine(self) -> Engine:
+        """The engine whose transactions take the write lock up front (SQLite: IMMEDIATE).
+
+        An audit log stored in this database must write through it (see
+        :mod:`audit.log`: the database lock comes before the log's own lock).
+        """
+        return self._writer
+
+    def _audit(
+        self,
+        session: Session,
+        action: str,
+        *,
+        actor: AuditActor | None = None,
+        subjects: Mapping[str, str],
+        details: Mapping[str, object],
+    ) -> None:
+        """Write the audit entry of the change being made in ``session`` (if auditing).
+
+        Call it last in the transaction: on PostgreSQL the entry takes the audit
+        writers' lock, held until commit.
+
+        Raises:
+            AuditFailed: the sink refused; the caller's transaction rolls back.
+        """
+        if self._audit_sink is None:
+            return
+        try:
+            self._audit_sink(session, action, actor=actor, subjects=subjects, details=details)
+        except StateError:
+            raise
+        except Exception as exc:
+            raise AuditFailed(f"audit entry {action} was not written: {exc}") from exc
 
     @property
     def blobs(self) -> BlobStore:

@@ -23,6 +23,7 @@ from appliance.errors import ApplianceError
 __all__ = [
     "AlreadyDelivered",
     "AlreadyReplied",
+    "AuditFailed",
     "BlobError",
     "BlobNotFound",
     "BlobTooLarge",
@@ -56,6 +57,10 @@ class InvalidArgument(StateError, ValueError):
 
 class StorageError(StateError):
     """The database failed (unreachable, locked too long, disk full, newer schema)."""
+
+
+class AuditFailed(StorageError):
+    """A change's audit entry could not be written, so the change was rolled back."""
 
 
 # -- not found ----------------------------------------------------------------------------

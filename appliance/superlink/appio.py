@@ -9,6 +9,8 @@ at a time, each read from the blob store in chunks.
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 
@@ -18,7 +20,7 @@ from appliance.message import SERVER_NODE_ID, Metadata
 from appliance.proto import appio_pb2 as pb
 from appliance.proto import appio_pb2_grpc
 from appliance.state import BlobRef, State, StoredMessage
-from appliance.strategy.checkpoint import check_artifact_name
+from appliance.strategy.checkpoint import METRICS, check_artifact_name
 from appliance.superlink.appio_grid import TOKEN_HEADER
 from appliance.superlink.hub import Hub
 from appliance.superlink.runs import RunLauncher
@@ -28,6 +30,8 @@ __all__ = ["AppIoServicer"]
 
 #: Longest single wait inside a Receive stream before re-checking the caller.
 _WAIT_SLICE_S = 1.0
+#: Largest metrics document read for round progress (bigger ones are only stored).
+_MAX_METRICS_BYTES = 4 * 2**20
 
 
 class AppIoServicer(appio_pb2_grpc.AppIoServicer):
@@ -47,6 +51,8 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         self._launcher = launcher
         self._on_offline_destination = on_offline_destination
         self._max_message_bytes = max_message_bytes
+        self._rounds_lock = threading.Lock()
+        self._rounds_audited: dict[int, int] = {}  # run id -> last round.completed
 
     def _run_id(self, context: grpc.ServicerContext) -> int:
         token = dict(context.invocation_metadata()).get(TOKEN_HEADER)
@@ -155,7 +161,35 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
             (chunk.data for chunk in request_iterator), max_bytes=self._max_message_bytes
         )
         self._state.put_artifact(run_id, name, blob)
+        if name == METRICS and blob.size <= _MAX_METRICS_BYTES:
+            self._audit_rounds(run_id, blob)
         return pb.PutArtifactResponse(sha256=blob.sha256, size=blob.size)
+
+    def _audit_rounds(self, run_id: int, blob: BlobRef) -> None:
+        """Record ``round.completed`` for each round the run's metrics newly list.
+
+        The strategy rewrites ``metrics.json`` after every round; the round
+        numbers come from it, and who took part from the SuperLink's own
+        record of replies (``State.record_round``), not from the ServerApp.
+        """
+        try:
+            document = json.loads(b"".join(self._state.blobs.open_chunks(blob.sha256)))
+            rounds = sorted(
+                {
+                    r["round"]
+                    for r in document.get("rounds", [])
+                    if isinstance(r, dict) and type(r.get("round")) is int and r["round"] > 0
+                }
+            )
+        except (ValueError, AttributeError, TypeError):
+            return  # not a metrics document this SuperLink understands: stored only
+        with self._rounds_lock:
+            done = self._rounds_audited.get(run_id, 0)
+            new = [r for r in rounds if r > done]
+            if new:
+                self._rounds_audited[run_id] = new[-1]
+        for server_round in new:
+            self._state.record_round(run_id, str(server_round))
 
     def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.FinishResponse:
         run_id = self._run_id(context)

@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
 
 import grpc
 
+import audit
 from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES
 from appliance.logs import get_logger
 from appliance.proto import control_pb2 as pb
 from appliance.proto import control_pb2_grpc
-from appliance.state import Node, Run, RunStatus, State
+from appliance.state import AuditActor, Node, Run, RunStatus, State
 from appliance.superlink.runs import RunLauncher
 from certs.grpc_auth import identity_from_context
 from certs.identity import Identity
@@ -79,11 +81,13 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         launcher: RunLauncher,
         *,
         check_node_certificate: NodeCertificateCheck,
+        audit_log: audit.AuditLog,
         max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
     ) -> None:
         self._state = state
         self._launcher = launcher
         self._check_node_certificate = check_node_certificate
+        self._audit_source = audit.DatabaseSource(audit_log.engine, name="the SuperLink")
         self._max_bundle_bytes = max_bundle_bytes
 
     def _visible_run(self, run_id: int, context: grpc.ServicerContext) -> tuple[Identity, Run]:
@@ -116,7 +120,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 f"the head declared {head.bundle_sha256}",
             )
         options = {"app_name": head.app_name, "app_version": head.app_version}
-        run = self._state.create_run(identity.name, bundle.sha256, run_config, options)
+        run = self._state.create_run(
+            identity.name, bundle.sha256, run_config, options, actor=_actor(identity)
+        )
         _log.info("run submitted", run_id=run.run_id, owner=identity.name, bundle=bundle.sha256)
         try:
             self._launcher.start(run.run_id)
@@ -170,8 +176,10 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         if run.status.is_terminal:
             return pb.StopRunResponse(status=run.status.value)
         reason = f"stopped by {identity.name}"
-        if not self._launcher.stop(run.run_id, reason):
-            self._state.transition_run(run.run_id, RunStatus.STOPPED, reason)
+        if not self._launcher.stop(run.run_id, reason, actor=_actor(identity)):
+            self._state.transition_run(
+                run.run_id, RunStatus.STOPPED, reason, actor=_actor(identity)
+            )
         return pb.StopRunResponse(status=RunStatus.STOPPED.value)
 
     def AddNode(self, request: pb.AddNodeRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
@@ -182,6 +190,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             node_identity.certificate_fingerprint,
             node_identity.signing_key_fingerprint or "",
             enrolled_by=admin.name,
+            actor=_actor(admin),
         )
         _log.info("node enrolled", node=node.name, by=admin.name)
         return _node_info(node)
@@ -190,7 +199,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: pb.RemoveNodeRequest, context: grpc.ServicerContext
     ) -> pb.RemoveNodeResponse:
         admin = identity_from_context(context)
-        self._state.remove_node(request.name)
+        self._state.remove_node(request.name, actor=_actor(admin))
         _log.info("node removed", node=request.name, by=admin.name)
         return pb.RemoveNodeResponse()
 
@@ -217,3 +226,24 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: pb.ListNodesRequest, context: grpc.ServicerContext
     ) -> pb.ListNodesResponse:
         return pb.ListNodesResponse(nodes=[_node_info(n) for n in self._state.list_nodes()])
+
+    def ListAudit(
+        self, request: pb.ListAuditRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.AuditLine]:
+        try:
+            since = datetime.fromisoformat(request.since) if request.since else None
+            if since is not None and since.tzinfo is None:
+                since = since.replace(tzinfo=UTC)
+            query = audit.EntryQuery(
+                run_id=request.run_id or None,
+                actions=frozenset(audit.Action(a) for a in request.actions),
+                since=since,
+            )
+        except (ValueError, audit.AuditError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad audit query: {exc}")
+        for entry in self._audit_source.entries(query):
+            yield pb.AuditLine(line=audit.encode_entry(entry).decode("utf-8"))
+
+
+def _actor(identity: Identity) -> AuditActor:
+    return AuditActor(identity.name, identity.role.value)

@@ -25,10 +25,12 @@ from appliance.logs import get_logger
 from appliance.message import SERVER_NODE_ID
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto import fleet_pb2_grpc
-from appliance.state import BlobRef, Node, State
+from appliance.state import AuditActor, BlobRef, Node, State
+from appliance.superlink.audit_trail import SuperLinkAudit
 from appliance.superlink.hub import Hub
-from appliance.transport import REPLY_SIGNATURE_METHOD, reply_digest
+from appliance.transport import REPLY_SIGNATURE_METHOD, reply_digest, witness_key_name
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata
+from audit import AuditError, parse_verifier_key
 from certs.grpc_auth import identity_from_context
 from certs.identity import Identity
 from certs.signing import EnvelopeKind, RequestVerifier, SignedEnvelope
@@ -57,6 +59,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         max_message_bytes: int,
         on_disconnect: DisconnectHook,
         still_admitted: AdmissionCheck,
+        audit: SuperLinkAudit,
         unsafe_unsigned_replies: bool = False,
     ) -> None:
         self._state = state
@@ -66,6 +69,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self._max_message_bytes = max_message_bytes
         self._on_disconnect = on_disconnect
         self._still_admitted = still_admitted
+        self._audit = audit
         self._unsafe_unsigned_replies = unsafe_unsigned_replies
 
     def _caller(self, context: grpc.ServicerContext) -> tuple[Identity, Node]:
@@ -89,7 +93,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> Iterator[pb.FleetEvent]:
         identity, node = self._caller(context)
         inbox = self._hub.subscribe(node.node_id)
-        self._state.set_node_online(node.node_id, True)
+        self._state.set_node_online(node.node_id, True, actor=_actor(identity))
         _log.info("node connected", node=node.name, node_id=node.node_id)
 
         def disconnect() -> None:
@@ -137,6 +141,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 run_config_json=run.run_config_json,
             ),
         )
+        tree_head = self._audit.latest()
+        if tree_head is not None:
+            head.audit_checkpoint = tree_head.note
+            if 0 < request.witness_size <= tree_head.size:
+                head.audit_consistency.extend(
+                    self._audit.consistency(request.witness_size, tree_head.size)
+                )
         yield pb.MessageChunk(head=head)
         if stored.content is not None:
             for chunk in self._state.blobs.open_chunks(stored.content.sha256):
@@ -195,7 +206,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 signing_key=identity.signing_key,
             )
         error = (head.error_code, head.error_reason) if head.is_error else None
-        stored = self._state.store_reply(meta, content, error, head.signature)
+        stored = self._state.store_reply(
+            meta, content, error, head.signature, actor=_actor(identity)
+        )
         self._hub.replies(stored.run_id).bump()
         return pb.PushReplyResponse(message_id=stored.message_id)
 
@@ -210,6 +223,28 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         # unwinds; it is unmapped when the last reference goes.
         decode_record_dict(memoryview(view))
 
+    def Cosign(self, request: pb.CosignRequest, context: grpc.ServicerContext) -> pb.CosignResponse:
+        """Store a site's witness cosignature (verified against the stored tree head)."""
+        _, node = self._caller(context)
+        expected = witness_key_name(node.name)
+        try:
+            name = parse_verifier_key(request.witness_vkey).name
+        except AuditError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cosignature refused: {exc}")
+        if name != expected:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {node.name!r} may cosign only as witness {expected!r}, not {name!r}",
+            )
+        try:
+            witness = self._audit.add_cosignature(
+                request.tree_size, request.signature_line, request.witness_vkey
+            )
+        except AuditError as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cosignature refused: {exc}")
+        _log.info("tree head cosigned", node=node.name, witness=witness, size=request.tree_size)
+        return pb.CosignResponse()
+
     def GetBundle(
         self, request: pb.GetBundleRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.BundleChunk]:
@@ -223,3 +258,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         yield pb.BundleChunk(head=pb.BundleHead(sha256=bundle.sha256, size=bundle.size))
         for chunk in self._state.open_bundle(bundle.sha256):
             yield pb.BundleChunk(data=chunk)
+
+
+def _actor(identity: Identity) -> AuditActor:
+    return AuditActor(identity.name, identity.role.value)

@@ -21,6 +21,7 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -28,7 +29,7 @@ from typing import IO
 from appliance.bundle import extract_bundle
 from appliance.logs import get_logger
 from appliance.process_env import scrubbed_env
-from appliance.state import InvalidTransition, LogStream, RunStatus, State
+from appliance.state import AuditActor, InvalidTransition, LogStream, RunStatus, State
 from appliance.superlink.hub import Hub
 from appliance.superlink.serverapp_process import ENV_ADDRESS, ENV_MAX_REPLY_BYTES, ENV_TOKEN
 
@@ -46,6 +47,7 @@ class _Process:
     directory: Path
     outcome: tuple[bool, str] | None = None  # (failed, reason) as reported via Finish
     stop_reason: str | None = None
+    stop_actor: AuditActor | None = None
     threads: list[threading.Thread] = field(default_factory=list)
 
 
@@ -60,8 +62,10 @@ class RunLauncher:
         runs_dir: Path,
         appio_address: str,
         max_message_bytes: int,
+        on_run_ended: Callable[[int], None] = lambda _run_id: None,
     ) -> None:
         self._state = state
+        self._on_run_ended = on_run_ended
         self._hub = hub
         self._runs_dir = runs_dir
         self._appio_address = appio_address
@@ -141,13 +145,24 @@ class RunLauncher:
             if process is not None and process.outcome is None:
                 process.outcome = (failed, reason)
 
-    def stop(self, run_id: int, reason: str, *, grace_s: float = 5.0) -> bool:
-        """Stop a run's ServerApp (the run ends ``stopped``). False if it has no process."""
+    def stop(
+        self,
+        run_id: int,
+        reason: str,
+        *,
+        actor: AuditActor | None = None,
+        grace_s: float = 5.0,
+    ) -> bool:
+        """Stop a run's ServerApp (the run ends ``stopped``, by ``actor`` in the audit log).
+
+        Returns False if the run has no process.
+        """
         with self._lock:
             process = self._processes.get(run_id)
             if process is None:
                 return False
             process.stop_reason = reason
+            process.stop_actor = actor
         _signal_group(process.popen, signal.SIGTERM)
         try:
             process.popen.wait(timeout=grace_s)
@@ -183,7 +198,8 @@ class RunLauncher:
         status, reason = _settle(process, code)
         self._system_log(process.run_id, f"ServerApp exited with code {code}: run {status}")
         try:
-            self._state.transition_run(process.run_id, status, reason)
+            actor = process.stop_actor if status is RunStatus.STOPPED else None
+            self._state.transition_run(process.run_id, status, reason, actor=actor)
         except InvalidTransition as exc:
             _log.warning("run already settled", run_id=process.run_id, error=str(exc))
         with self._lock:
@@ -196,6 +212,10 @@ class RunLauncher:
         self._hub.notify_run_ended(process.run_id, status.value)
         self._hub.forget_run(process.run_id)
         shutil.rmtree(process.directory, ignore_errors=True)
+        try:
+            self._on_run_ended(process.run_id)
+        except Exception:
+            _log.exception("run-ended hook failed", run_id=process.run_id)
         _log.info("run ended", run_id=process.run_id, status=status.value, reason=reason)
 
     def _system_log(self, run_id: int, text: str) -> None:

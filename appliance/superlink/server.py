@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -31,6 +31,7 @@ from appliance.message import ErrorCode
 from appliance.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
 from appliance.state import AlreadyReplied, State
 from appliance.superlink.appio import AppIoServicer
+from appliance.superlink.audit_trail import AuditSettings, SuperLinkAudit
 from appliance.superlink.control import ControlServicer
 from appliance.superlink.errors import ErrorTranslator
 from appliance.superlink.fleet import FleetServicer
@@ -48,6 +49,7 @@ from certs import (
     allow,
     load_certificate,
 )
+from certs.grpc_auth import Refusal
 from certs.signing import RequestVerifier
 from certs.unsafe_dev import UnsafeHeaderAuthInterceptor
 from certs.verify import expiry_warning, verify_certificate
@@ -67,7 +69,7 @@ _FLEET = "/greenhouse.fleet.v1.Fleet/"
 _CONTROL = "/greenhouse.control.v1.Control/"
 FLEET_METHODS = {
     _FLEET + name: allow(Role.NODE)
-    for name in ("Hello", "Subscribe", "PullMessage", "PushReply", "GetBundle")
+    for name in ("Hello", "Subscribe", "PullMessage", "PushReply", "GetBundle", "Cosign")
 }
 _READERS = (Role.DATA_SCIENTIST, Role.AUDITOR, Role.FEDERATION_ADMIN)
 CONTROL_METHODS = {
@@ -80,6 +82,7 @@ CONTROL_METHODS = {
     _CONTROL + "ListNodes": allow(Role.FEDERATION_ADMIN, Role.AUDITOR),
     _CONTROL + "ListArtifacts": allow(*_READERS),
     _CONTROL + "GetArtifact": allow(*_READERS),
+    _CONTROL + "ListAudit": allow(Role.AUDITOR),
 }
 
 
@@ -102,6 +105,7 @@ class SuperLinkConfig:
     replay_window_s: float = 60.0
     sweep_interval_s: float = 0.5
     max_workers: int = 128
+    audit: AuditSettings = field(default_factory=AuditSettings)
     #: DEVELOPMENT ONLY: no TLS, identities claimed in a header, unsigned replies.
     unsafe_insecure: bool = False
 
@@ -132,6 +136,11 @@ class SuperLink:
     def __init__(self, config: SuperLinkConfig) -> None:
         self.config = config
         self.state = State.open(config.database, data_dir=config.data_dir)
+        try:
+            self.audit = SuperLinkAudit(self.state, config.audit, data_dir=config.data_dir)
+        except BaseException:
+            self.state.close()
+            raise
         if config.unsafe_insecure:
             self._init_insecure()
         else:
@@ -147,7 +156,7 @@ class SuperLink:
     def _init_insecure(self) -> None:
         print(INSECURE_BANNER, file=sys.stderr, flush=True)
         _log.warning("INSECURE MODE: no TLS, no certificates, no signatures; development only")
-        self.state.record_event("superlink.insecure", {"pid": os.getpid()})
+        self.state.record_event("superlink.insecure", {"pid": os.getpid()}, audited=True)
         self._tls = None
         self._crl = _no_revocations
 
@@ -228,7 +237,7 @@ class SuperLink:
 
     def start(self) -> None:
         """Recover the state, bind the three APIs and start the sweeper."""
-        recovery = self.state.recover_after_restart()
+        recovery = self.state.recover_after_restart()  # audited: run.failed per run
         if recovery.failed_run_ids:
             _log.warning("runs failed by the restart", run_ids=list(recovery.failed_run_ids))
         for run_id in recovery.failed_run_ids:
@@ -246,6 +255,7 @@ class SuperLink:
             runs_dir=cfg.data_dir.resolve() / "runs",
             appio_address=f"{cfg.appio_host}:{self.appio_port}",
             max_message_bytes=cfg.max_message_bytes,
+            on_run_ended=lambda _run_id: self.audit.sign_now(),  # the run's record, signed
         )
         appio_pb2_grpc.add_AppIoServicer_to_server(
             AppIoServicer(
@@ -268,6 +278,7 @@ class SuperLink:
                 max_message_bytes=cfg.max_message_bytes,
                 on_disconnect=self._node_went_offline,
                 still_admitted=self._still_admitted,
+                audit=self.audit,
                 unsafe_unsigned_replies=cfg.unsafe_insecure,
             ),
             fleet,
@@ -276,7 +287,10 @@ class SuperLink:
         control = self._secure_server("control", CONTROL_METHODS, verifier)
         control_pb2_grpc.add_ControlServicer_to_server(
             ControlServicer(
-                self.state, self.launcher, check_node_certificate=self._check_node_certificate
+                self.state,
+                self.launcher,
+                check_node_certificate=self._check_node_certificate,
+                audit_log=self.audit.log,
             ),
             control,
         )
@@ -284,6 +298,19 @@ class SuperLink:
         for server in (appio, fleet, control):
             server.start()
         self._servers = [fleet, control, appio]
+        self.state.record_event(
+            "superlink.started",
+            {
+                "pid": os.getpid(),
+                "fleet_port": self.fleet_port,
+                "control_port": self.control_port,
+                "backend": self.state.backend,
+                "insecure": cfg.unsafe_insecure,
+                "audit_vkey": self.audit.verifier_key.encode(),
+            },
+            audited=True,
+        )
+        self.audit.sign_now()
         self._sweeper = threading.Thread(target=self._sweep_loop, name="sweeper", daemon=True)
         self._sweeper.start()
         _log.info(
@@ -312,11 +339,15 @@ class SuperLink:
             crl_source=self._crl,
             is_enrolled=self._is_enrolled,
             request_verifier=verifier,
-            on_refusal=lambda refusal: _log.warning(
-                "call refused", method=refusal.method, peer=refusal.peer, reason=refusal.reason
-            ),
+            on_refusal=self._refused,
         )
         return self._server(name, ErrorTranslator(), auth)
+
+    def _refused(self, refusal: Refusal) -> None:
+        _log.warning(
+            "call refused", method=refusal.method, peer=refusal.peer, reason=refusal.reason
+        )
+        self.audit.refused(refusal)
 
     def stop(self, grace_s: float = 2.0) -> None:
         """Stop serving, stop every ServerApp, close the state."""
@@ -328,6 +359,10 @@ class SuperLink:
             self.launcher.shutdown()
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
+        try:
+            self.audit.close()
+        except Exception:
+            _log.exception("final audit tree head not signed")
         self.state.close()
         _log.info("superlink stopped")
 
@@ -356,6 +391,7 @@ class SuperLink:
         self.hub.replies(run_id).bump()
 
     def _sweep(self) -> None:
+        self.audit.sign_if_due()
         for expired in self.state.expire_messages():
             self._answer(
                 expired.message_id,

@@ -10,6 +10,7 @@ import time
 import pytest
 from runtime_harness import APPS, EXAMPLES, NODES, Federation, start, submitted_run, wait_for
 
+import audit
 from appliance.local import run_local_app
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -269,7 +270,10 @@ def test_insecure_development_mode_works_and_says_so_loudly(federation: Federati
     assert "FOR DEVELOPMENT ONLY" in federation.log("superlink")
     federation.kill_superlink()
     with State.open(None, data_dir=federation.root / "superlink") as state:
-        assert [e.kind for e in state.list_events()] == ["superlink.insecure"]
+        assert [e.kind for e in state.list_events()] == ["superlink.insecure", "superlink.started"]
+    source = audit.open_source(federation.root / "superlink" / "state.db")
+    insecure = list(source.entries(audit.EntryQuery(actions={audit.Action.SUPERLINK_INSECURE})))
+    assert len(insecure) == 1 and insecure[0].actor.is_system
 
 
 def _two_nodes_online(federation: Federation) -> bool:
