@@ -27,7 +27,7 @@ from __future__ import annotations
 import json
 import os
 import tomllib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,7 +144,7 @@ def load_federation(name: str | None, app_dir: Path | None = None) -> Federation
             if picked is not None:
                 return _federation(picked[0], picked[1], path)
     where = " or ".join(str(p) for p, _ in sources)
-    wanted = f"federation {name!r}" if name else "a federation"
+    wanted = f"federation {name!r}" if name else "federation"
     raise AppConfigError(f"no {wanted} configured in {where}")
 
 
@@ -223,3 +223,11 @@ class ControlClient:
 
     def nodes(self) -> list[pb.NodeInfo]:
         return list(self._stub.ListNodes(pb.ListNodesRequest()).nodes)
+
+    def audit_lines(
+        self, *, run_id: str = "", actions: Iterable[str] = (), since: str = ""
+    ) -> Iterator[str]:
+        """The SuperLink's audit entries (auditor role), as their canonical lines."""
+        request = pb.ListAuditRequest(run_id=run_id, actions=list(actions), since=since)
+        for line in self._stub.ListAudit(request):
+            yield line.line

@@ -317,7 +317,11 @@ class AuditLog:
                 self._check_open()
                 trusted, self._confirmed = self._confirmed, False
                 entry = self._append_in(conn, actor, action, subjects, details, trusted=trusted)
-        self._confirmed = True  # committed (a failed commit raised above)
+                written = (self._builder.size, self._last)
+        with self._lock:  # committed (a failed commit raised above)
+            # Trust the state only if no other append moved it since this commit: an
+            # append in a caller's transaction may have, and may still roll back.
+            self._confirmed = (self._builder.size, self._last) == written
         return entry
 
     def _append_in(

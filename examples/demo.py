@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import shutil
@@ -21,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
@@ -49,13 +51,14 @@ def step(text: str) -> None:
     print(f"==> {text}", flush=True)
 
 
-def cli(*args: str) -> None:
-    """Run a ``greenhouse`` command in this process; fail loudly with its error."""
+def cli(*args: str) -> str:
+    """Run a ``greenhouse`` command in this process; its output, or fail loudly with its error."""
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = greenhouse(list(args))
     if code != 0:
         raise RuntimeError(f"greenhouse {' '.join(args)}: {err.getvalue().strip()}")
+    return out.getvalue()
 
 
 class Processes:
@@ -97,6 +100,7 @@ def make_pki() -> None:
     people = [(h, "node", WORKDIR / "sites" / h) for h in HOSPITALS]
     people += [("admin", "federation-admin", WORKDIR / "users" / "admin")]
     people += [("dana", "data-scientist", WORKDIR / "users" / "dana")]
+    people += [("audrey", "auditor", WORKDIR / "users" / "audrey")]
     for name, role, directory in people:
         cli("certs", "request", "--role", role, "--name", name, "--out", str(directory))
         cli("ca", "sign", str(directory / f"{name}.csr"), "--dir", str(ca), "--role", role)
@@ -175,6 +179,8 @@ def start_federation(processes: Processes) -> None:
         FLEET,
         "--control-address",
         CONTROL,
+        "--audit-interval",  # sign tree heads often, so the hospitals witness the run itself
+        "2",
     )
     log = WORKDIR / "logs" / "superlink.log"
     wait_until(lambda: log.exists() and "superlink ready" in log.read_text(), "the SuperLink")
@@ -238,6 +244,43 @@ def _follow(client: ControlClient, run_id: int) -> Iterator[str]:
             yield line.text
 
 
+def show_live_audit() -> None:
+    step("the compliance officer 'audrey' reads the SuperLink's audit log over the Control API")
+    with ControlClient(user("audrey")) as auditor:
+        actions = Counter(json.loads(line)["action"] for line in auditor.audit_lines())
+    print("    " + ", ".join(f"{action} x{n}" for action, n in sorted(actions.items())), flush=True)
+
+
+def verify_audit_logs() -> None:
+    """Export, verify and reconcile the SuperLink's log and one hospital's (processes stopped)."""
+    exports = WORKDIR / "audit-exports"
+    link_key = str(WORKDIR / "superlink" / "audit.vkey")
+    witnesses = [
+        arg
+        for h in HOSPITALS
+        for arg in ("--witness-key", str(WORKDIR / "nodes" / h / "audit" / "witness.vkey"))
+    ]
+    site = HOSPITALS[0]
+    site_dir = WORKDIR / "nodes" / site / "audit"
+    step("exporting the SuperLink's audit log and verifying it offline (hospitals as witnesses)")
+    cli("audit", "export", "--file", str(WORKDIR / "superlink" / "state.db"),
+        "--out", str(exports / "superlink"))  # fmt: skip
+    _indent(cli("audit", "verify", str(exports / "superlink"), "--key", link_key, *witnesses))
+    step(f"exporting {site}'s own log (what arrived, what left) and verifying it")
+    cli("audit", "export", "--file", str(site_dir / "site-audit.db"),
+        "--out", str(exports / site))  # fmt: skip
+    site_key = str(site_dir / "site-audit.vkey")
+    _indent(cli("audit", "verify", str(exports / site), "--key", site_key))
+    step(f"reconciling {site}'s log with the SuperLink's: every reply that left arrived, same hash")
+    _indent(cli("audit", "reconcile", str(exports / site), str(exports / "superlink"),
+                "--site-key", site_key, "--link-key", link_key))  # fmt: skip
+
+
+def _indent(text: str) -> None:
+    for line in text.strip().splitlines():
+        print(f"    {line}", flush=True)
+
+
 def main() -> int:
     if WORKDIR.exists():
         shutil.rmtree(WORKDIR)
@@ -254,6 +297,10 @@ def main() -> int:
         write_site_policies(build_bundle(ROOT / "examples" / "hospital").sha256)
         start_federation(processes)
         output = run_hospital_app()
+        show_live_audit()
+        step("stopping every process (each signs a last audit tree head)")
+        processes.stop_all()
+        verify_audit_logs()
         accuracy = re.search(r"federated model: test accuracy (\S+)", output)
         step(
             f"done in {time.monotonic() - started:.1f} s; federated test accuracy "
@@ -267,9 +314,13 @@ def main() -> int:
         print(f"demo failed: {exc}", file=sys.stderr)
         return 1
     finally:
-        step("stopping every process")
-        processes.stop_all()
-        print(f"files (certificates, databases, logs): {WORKDIR.relative_to(ROOT)}", flush=True)
+        if any(process.poll() is None for _, process in processes.running):
+            step("stopping every process")
+            processes.stop_all()
+        print(
+            f"files (certificates, databases, logs, audit exports): {WORKDIR.relative_to(ROOT)}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -4,14 +4,16 @@ Each command parses its arguments, calls one :mod:`audit` function and renders
 the result (a table or summary; ``--json`` for scripts). Failures are
 :class:`audit.AuditError` s, which :func:`appliance.cli.main` prints as one line
 (exit 6). ``verify`` and ``reconcile`` work offline on export directories;
-``show`` reads a local database or export (the Control API source for
-auditors plugs in at :func:`_source`).
+``show`` reads a local database or export (``--file``), or the SuperLink's
+log over the Control API (auditor role).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from typing import Any
 import click
 
 import audit
+from appliance.federation import ControlClient, Federation, load_federation
 from certs import load_signing_key
 
 __all__ = ["audit_group"]
@@ -48,7 +51,7 @@ class _When(click.ParamType):  # type: ignore[type-arg]  # generic only in click
         return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
-class _VKey(click.ParamType):  # type: ignore[type-arg]
+class VKeyParam(click.ParamType):  # type: ignore[type-arg]
     """A verifier key ``name+hash+base64``, or a file holding one on its first line."""
 
     name = "vkey"
@@ -72,7 +75,7 @@ def _key_or_export_copy(key: audit.VerifierKey | None, directory: Path) -> audit
     """The key given, else the export's own copy - with a warning: it proves nothing."""
     if key is not None:
         return key
-    copy = _VKey().convert(str(directory / "audit.vkey"), None, None)
+    copy = VKeyParam().convert(str(directory / "audit.vkey"), None, None)
     click.echo(
         f"warning: no key given, trusting {directory / 'audit.vkey'} from the export itself; "
         "get the log's key out of band",
@@ -81,11 +84,28 @@ def _key_or_export_copy(key: audit.VerifierKey | None, directory: Path) -> audit
     return copy
 
 
-def _source(file: Path | None) -> audit.EntrySource:
-    """Where ``show`` reads from (the Control API source is added with the runtime)."""
-    if file is None:
-        raise click.UsageError("give --file DB_OR_EXPORT (Control API access comes later)")
-    return audit.open_source(file)
+@dataclass(frozen=True)
+class _ControlSource:
+    """The SuperLink's log over the Control API (auditor role); filters run there."""
+
+    federation: Federation
+
+    def entries(self, query: audit.EntryQuery) -> Iterator[audit.Entry]:
+        with ControlClient(self.federation) as client:
+            lines = client.audit_lines(
+                run_id=query.run_id or "",
+                actions=sorted(a.value for a in query.actions),
+                since=query.since.isoformat() if query.since else "",
+            )
+            for line in lines:
+                yield audit.parse_entry(line.encode("utf-8"))
+
+
+def _source(file: Path | None, federation: str | None, app_dir: Path) -> audit.EntrySource:
+    """Where ``show`` reads from: a local database or export, else the SuperLink."""
+    if file is not None:
+        return audit.open_source(file)
+    return _ControlSource(load_federation(federation, app_dir))
 
 
 def _short(value: str, width: int) -> str:
@@ -109,13 +129,28 @@ def audit_group() -> None:
 
 
 @audit_group.command()
-@click.option("--file", "file", type=click.Path(exists=True, path_type=Path), help="DB or export.")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(exists=True, path_type=Path),
+    help="A local database or export (default: the SuperLink, over the Control API).",
+)
+@click.option("--federation", help="Federation name (default: the only/default one).")
+@click.option(
+    "--app-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="App dir whose pyproject names federations.",
+)
 @click.option("--run", "run_id", help="Only entries about this run (subjects.run_id).")
 @click.option("--action", "actions", multiple=True, type=_ACTIONS, help="Only this action.")
 @click.option("--since", type=_When(), help="Only entries at or after this time.")
 @click.option("--json", "as_json", is_flag=True, help="One entry line per line.")
 def show(
     file: Path | None,
+    federation: str | None,
+    app_dir: Path,
     run_id: str | None,
     actions: tuple[str, ...],
     since: datetime | None,
@@ -124,10 +159,11 @@ def show(
     """List audit entries as a table (a view: it verifies nothing, see `verify`)."""
     chosen = frozenset(audit.Action(a) for a in actions)
     query = audit.EntryQuery(run_id=run_id, actions=chosen, since=since)
+    source = _source(file, federation, app_dir)
     shown = 0
     if not as_json:
         click.echo(f"{'SEQ':>6} {'TIME':<20} {'ACTOR':<28} {'ACTION':<18} {'SUBJECTS':<36} DETAILS")
-    for entry in _source(file).entries(query):
+    for entry in source.entries(query):
         shown += 1
         click.echo(audit.encode_entry(entry).decode() if as_json else _row(entry))
     if not as_json and not shown:
@@ -181,8 +217,8 @@ def _verify_json(report: audit.ChainReport) -> str:
 
 @audit_group.command()
 @click.argument("directories", nargs=-1, required=True, type=_DIR)
-@click.option("--key", type=_VKey(), help="The log's verifier key (or a file holding it).")
-@click.option("--witness-key", "witness_keys", multiple=True, type=_VKey(), help="Repeatable.")
+@click.option("--key", type=VKeyParam(), help="The log's verifier key (or a file holding it).")
+@click.option("--witness-key", "witness_keys", multiple=True, type=VKeyParam(), help="Repeatable.")
 @click.option("--allow-unsigned-tail", is_flag=True, help="Accept entries after the last head.")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
 def verify(
@@ -223,8 +259,8 @@ def verify(
 @audit_group.command()
 @click.argument("site_export", type=_DIR)
 @click.argument("link_exports", nargs=-1, required=True, type=_DIR)
-@click.option("--site-key", type=_VKey(), help="The site log's verifier key.")
-@click.option("--link-key", type=_VKey(), help="The SuperLink log's verifier key.")
+@click.option("--site-key", type=VKeyParam(), help="The site log's verifier key.")
+@click.option("--link-key", type=VKeyParam(), help="The SuperLink log's verifier key.")
 @click.option("--node", help="The site's node id (default: from the site log).")
 @click.option("--json", "as_json", is_flag=True, help="The report as JSON.")
 def reconcile(

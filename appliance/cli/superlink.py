@@ -10,6 +10,7 @@ from types import FrameType
 import click
 
 from appliance.logs import configure_logging
+from appliance.superlink.audit_trail import AuditSettings
 from appliance.superlink.server import SuperLink, SuperLinkConfig
 
 _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -46,6 +47,25 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="Seconds between keepalives on node streams (also re-checks revocation).",
 )
 @click.option(
+    "--audit-key",
+    type=_FILE,
+    help="The audit log's Ed25519 signing key (default: DATA_DIR/audit.key, created once).",
+)
+@click.option(
+    "--audit-origin",
+    default=AuditSettings.origin,
+    show_default=True,
+    help="The audit log's name in its signed tree heads (no spaces or '+').",
+)
+@click.option(
+    "--audit-interval",
+    "audit_interval_s",
+    type=click.FloatRange(min=0.1),
+    default=AuditSettings.checkpoint_interval_s,
+    show_default=True,
+    help="Seconds new audit entries may wait for a signed tree head.",
+)
+@click.option(
     "--insecure",
     is_flag=True,
     help="DEVELOPMENT ONLY: no TLS, claimed identities, unsigned replies.",
@@ -62,6 +82,9 @@ def superlink(
     fleet_address: str,
     control_address: str,
     node_grace_s: float,
+    audit_key: Path | None,
+    audit_origin: str,
+    audit_interval_s: float,
 ) -> None:
     """Serve the Fleet API (SuperNodes) and the Control API (users) over mTLS."""
     configure_logging("json", level=logging.INFO)
@@ -81,6 +104,9 @@ def superlink(
             control_address=control_address,
             node_grace_s=node_grace_s,
             keepalive_s=keepalive_s,
+            audit=AuditSettings(
+                key=audit_key, origin=audit_origin, checkpoint_interval_s=audit_interval_s
+            ),
             unsafe_insecure=insecure,
         )
     )

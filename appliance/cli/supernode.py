@@ -9,7 +9,9 @@ from types import FrameType
 
 import click
 
+import audit
 from appliance.appconfig import parse_config_pairs
+from appliance.cli.audit import VKeyParam
 from appliance.logs import configure_logging
 from appliance.supernode.node import SuperNode, SuperNodeConfig
 from appliance.supernode.policy import load_policy
@@ -37,6 +39,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 )
 @click.option("--name", default="", help="The node name claimed in --insecure mode.")
 @click.option(
+    "--superlink-audit-key",
+    type=VKeyParam(),
+    help="The SuperLink's audit verifier key (or a file holding it); without it the key "
+    "offered at first contact is pinned in DATA_DIR/audit/superlink.vkey.",
+)
+@click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("supernode-data"),
@@ -59,6 +67,7 @@ def supernode(
     policy_path: Path | None,
     insecure: bool,
     name: str,
+    superlink_audit_key: audit.VerifierKey | None,
     data_dir: Path,
     node_config: tuple[str, ...],
 ) -> None:
@@ -79,6 +88,7 @@ def supernode(
             node_config=parse_config_pairs(node_config),
             crl=crl,
             policy=load_policy(policy_path) if policy_path else None,
+            superlink_audit_key=superlink_audit_key,
             unsafe_insecure=insecure,
             unsafe_name=name,
         )

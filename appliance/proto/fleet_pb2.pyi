@@ -13,14 +13,16 @@ class HelloRequest(_message.Message):
     def __init__(self, version: _Optional[str] = ...) -> None: ...
 
 class HelloResponse(_message.Message):
-    __slots__ = ("node_id", "node_name", "keepalive_s")
+    __slots__ = ("node_id", "node_name", "keepalive_s", "audit_vkey")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_NAME_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_S_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_VKEY_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     node_name: str
     keepalive_s: float
-    def __init__(self, node_id: _Optional[int] = ..., node_name: _Optional[str] = ..., keepalive_s: _Optional[float] = ...) -> None: ...
+    audit_vkey: str
+    def __init__(self, node_id: _Optional[int] = ..., node_name: _Optional[str] = ..., keepalive_s: _Optional[float] = ..., audit_vkey: _Optional[str] = ...) -> None: ...
 
 class SubscribeRequest(_message.Message):
     __slots__ = ()

@@ -137,6 +137,7 @@ class SuperLinkAudit:
                     "peer": refusal.peer,
                     "code": refusal.code.name,
                     "reason": refusal.reason,
+                    "message": refusal.message,
                 },
             )
         except Exception as exc:  # the call is refused either way

@@ -85,7 +85,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         _, node = self._caller(context)
         self._state.touch_node(node.node_id)
         return pb.HelloResponse(
-            node_id=node.node_id, node_name=node.name, keepalive_s=self._keepalive_s
+            node_id=node.node_id,
+            node_name=node.name,
+            keepalive_s=self._keepalive_s,
+            audit_vkey=self._audit.verifier_key.encode(),
         )
 
     def Subscribe(

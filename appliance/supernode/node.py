@@ -16,6 +16,7 @@ import hashlib
 import json
 import shutil
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -51,8 +52,10 @@ from appliance.supernode.policy import (
     verify_egress,
 )
 from appliance.supernode.secagg_keys import secagg_credentials
+from appliance.supernode.site_audit import SiteAudit, TreeHeadRefused
 from appliance.transport import REPLY_SIGNATURE_METHOD, Assembler, iter_chunks, reply_digest
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
+from audit import VerifierKey
 from certs import SigningInterceptor, client_credentials, load_certificate, load_signing_key
 from certs.roles import Role
 from certs.signing import EnvelopeKind, EnvelopeSigner
@@ -85,6 +88,8 @@ class SuperNodeConfig:
     crl: Path | None = None
     #: The site policy (``site.toml``); ``None`` runs every app and lets every reply out.
     policy: SitePolicy | None = None
+    #: The SuperLink's audit verifier key; ``None``: trusted on first contact and pinned.
+    superlink_audit_key: VerifierKey | None = None
     #: DEVELOPMENT ONLY: plain TCP, the node claims ``unsafe_name``, replies unsigned.
     unsafe_insecure: bool = False
     unsafe_name: str = ""
@@ -136,6 +141,7 @@ class SuperNode:
         self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="message")
         self._subscription: grpc.Future | None = None
         self.node_id = 0
+        self._site_audit: SiteAudit | None = None
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def _make_host_mods(self, config: SuperNodeConfig) -> list[Mod]:
@@ -216,6 +222,13 @@ class SuperNode:
         hello = self._stub.Hello(pb.HelloRequest(version=VERSION), timeout=30)
         self.node_id = hello.node_id
         _log.info("connected", node_id=hello.node_id, node=hello.node_name)
+        if self._site_audit is None:  # raises TreeHeadRefused on a foreign audit key: stop
+            self._site_audit = SiteAudit(
+                self.config.data_dir,
+                node_name=hello.node_name,
+                superlink_vkey=hello.audit_vkey,
+                configured_superlink_key=self.config.superlink_audit_key,
+            )
         stream = self._stub.Subscribe(pb.SubscribeRequest())
         self._subscription = stream
         for event in stream:
@@ -241,6 +254,11 @@ class SuperNode:
             runs = list(self._runs)
         for run_id in runs:
             self._end_run(run_id)
+        if self._site_audit is not None:
+            try:
+                self._site_audit.close()
+            except Exception:
+                _log.exception("final site audit tree head not signed")
         self._raw_channel.close()
 
     # -- one message ---------------------------------------------------------------------
@@ -253,10 +271,16 @@ class SuperNode:
         except Exception:
             _log.exception("message not handled", message_id=message_id)
 
-    def _pull(self, message_id: str) -> tuple[Message, pb.RunContext]:
+    def _pull(
+        self, message_id: str, site: SiteAudit
+    ) -> tuple[Message, pb.MessageHead, bytes, pb.PullMessageRequest, float]:
+        """The message, its head (run, SuperLink tree head), its content frame, the
+        request, and when the pull started (``time.monotonic()``)."""
+        started = time.monotonic()
         head: pb.MessageHead | None = None
         assembler: Assembler | None = None
-        for chunk in self._stub.PullMessage(pb.PullMessageRequest(message_id=message_id)):
+        request = pb.PullMessageRequest(message_id=message_id, witness_size=site.witness_size)
+        for chunk in self._stub.PullMessage(request):
             if chunk.HasField("head"):
                 head = chunk.head
                 assembler = Assembler(head.content_size, self.config.max_message_bytes)
@@ -264,22 +288,66 @@ class SuperNode:
                 assembler.add(chunk.data)
         if head is None or assembler is None:
             raise ValueError(f"message {message_id} arrived without its head")
-        content = decode_record_dict(assembler.finish(), max_bytes=self.config.max_message_bytes)
-        return Message.from_parts(decode_metadata(head.metadata), content), head.run
+        frame = bytes(assembler.finish())
+        content = decode_record_dict(frame, max_bytes=self.config.max_message_bytes)
+        message = Message.from_parts(decode_metadata(head.metadata), content)
+        return message, head, frame, request, started
+
+    def _witness(
+        self, site: SiteAudit, head: pb.MessageHead, request: pb.PullMessageRequest, at: float
+    ) -> None:
+        """Record the SuperLink's tree head; cosign it if it extends the last one."""
+        cosignature = site.saw_tree_head(
+            head.audit_checkpoint,
+            list(head.audit_consistency),
+            proof_from=request.witness_size,
+            pulled_at=at,
+        )
+        if cosignature is None:
+            return
+        try:
+            self._stub.Cosign(
+                pb.CosignRequest(
+                    tree_size=cosignature.tree_size,
+                    signature_line=cosignature.signature_line,
+                    witness_vkey=cosignature.witness_vkey,
+                ),
+                timeout=30,
+            )
+        except grpc.RpcError as exc:  # the site's own log holds the cosignature anyway
+            _log.warning("cosignature not delivered", error=_describe(exc))
 
     def _handle(self, message_id: str, run_id: int) -> None:
-        message, run_context = self._pull(message_id)
+        site = self._site_audit
+        assert site is not None, "messages arrive only after Hello"
+        message, head, frame, request, pulled_at = self._pull(message_id, site)
+        run_context = head.run
         run = self._run(run_context)
         policy = self.config.policy
         with run.lock:
             try:
+                self._witness(site, head, request, pulled_at)
                 if policy is not None:
                     admit_message(policy, message)
+                    if run.process is None:  # before a byte of the app is fetched or run
+                        admitted = admit_bundle(policy, run_context.bundle_sha256)
+                        _log.info("bundle admitted", run_id=run.run_id, via=admitted.via.value)
+                site.received(
+                    message,
+                    node_id=self.node_id,
+                    app_sha256=run_context.bundle_sha256,
+                    frame=frame,
+                )
                 if run.process is None:
                     run.process = self._start_clientapp(run, run_context)
                 process = run.process
+            except TreeHeadRefused as exc:
+                _log.error("SuperLink audit log refused", run_id=run.run_id, reason=str(exc))
+                site.refused(message, node_id=self.node_id, reason=str(exc))
+                reply = Message(Error(ErrorCode.POLICY_REFUSED, str(exc)), reply_to=message)
             except PolicyRefused as exc:
                 _log.warning("policy refused", run_id=run.run_id, key=exc.key, reason=exc.reason)
+                site.refused(message, node_id=self.node_id, reason=str(exc))
                 reply = refusal_reply(message, exc)
             except (grpc.RpcError, ValueError, OSError, ApplianceError) as exc:
                 _log.warning("cannot run the ClientApp", run_id=run.run_id, error=_describe(exc))
@@ -327,6 +395,8 @@ class SuperNode:
                 key=exc.key,
                 violations=[f"{v.key}: {v.reason}" for v in exc.report.violations],
             )
+            assert self._site_audit is not None
+            self._site_audit.refused(request, node_id=self.node_id, reason=str(exc))
             approved = verify_egress(
                 policy, refusal_reply(request, exc), request=request, host_secagg=self._host_secagg
             )
@@ -334,6 +404,9 @@ class SuperNode:
 
     def _push(self, request: Message, reply: Message) -> None:
         reply, frame = self._egress(request, reply)
+        assert self._site_audit is not None
+        # Before a byte leaves: no egress.reply entry, no send (fail closed).
+        self._site_audit.egress(reply, node_id=self.node_id, frame=frame)
         metadata = encode_metadata(reply.metadata)
         error = reply.error if reply.has_error() else Error(ErrorCode.UNKNOWN, "")
         digest = reply_digest(
@@ -377,9 +450,6 @@ class SuperNode:
             return run
 
     def _start_clientapp(self, run: _Run, context: pb.RunContext) -> ClientAppProcess:
-        if self.config.policy is not None:  # before a byte of the app is fetched or run
-            admitted = admit_bundle(self.config.policy, context.bundle_sha256)
-            _log.info("bundle admitted", run_id=run.run_id, via=admitted.via.value)
         data = bytearray()
         sha256 = ""
         for chunk in self._stub.GetBundle(pb.GetBundleRequest(run_id=run.run_id)):

@@ -41,6 +41,19 @@ def test_demo_trains_over_mtls_and_stops_every_process():
     assert proc.returncode == 0, proc.stdout + proc.stderr
     accuracy = float(re.search(r"federated test accuracy (\d\.\d+)", proc.stdout).group(1))
     assert accuracy >= 0.9
-    assert "files (certificates, databases, logs): var/demo" in proc.stdout
+    assert "files (certificates, databases, logs, audit exports): var/demo" in proc.stdout
     assert (ROOT / "var" / "demo" / "superlink" / "state.db").exists()
+    # The audit logs were exported, verified (hospitals cosigned) and reconciled.
+    assert "ok: the logs agree" in proc.stdout
+    cosigned = re.search(
+        r"witness cosignatures per tree head \(distinct witnesses\): (.*)", proc.stdout
+    )
+    assert cosigned and "3 on" in cosigned.group(1), proc.stdout
+    replies = re.search(
+        r"replies: (\d+) sent by the site, (\d+) received by the SuperLink, (\d+) matched",
+        proc.stdout,
+    )
+    assert replies and int(replies.group(1)) == int(replies.group(3)) > 0
+    exports = ROOT / "var" / "demo" / "audit-exports"
+    assert (exports / "superlink" / "entries.jsonl").exists()
     assert _our_processes() == []

@@ -165,7 +165,12 @@ class Federation:
         self.superlink.wait()
 
     def start_node(
-        self, name: str, partition_id: int, num_partitions: int, policy: Path | None = None
+        self,
+        name: str,
+        partition_id: int,
+        num_partitions: int,
+        policy: Path | None = None,
+        extra: tuple[str, ...] = (),
     ) -> None:
         args = [
             "supernode", "--superlink", f"127.0.0.1:{self.fleet_port}",
@@ -177,12 +182,19 @@ class Federation:
         ]  # fmt: skip
         if policy is not None:
             args += ["--policy", str(policy)]
-        self.nodes[name] = self._spawn(f"node-{name}", *args)
+        self.nodes[name] = self._spawn(f"node-{name}", *args, *extra)
 
     def kill_node(self, name: str) -> None:
         process = self.nodes.pop(name)
         os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+    def terminate(self, name: str, timeout_s: float = 20) -> int:
+        """SIGTERM the SuperLink (``"superlink"``) or a node, as an operator would; exit code."""
+        process = self.superlink if name == "superlink" else self.nodes.pop(name)
+        assert process is not None
+        os.killpg(process.pid, signal.SIGTERM)
+        return process.wait(timeout=timeout_s)
 
     def config(self, user: str) -> FederationConfig:
         return FederationConfig(

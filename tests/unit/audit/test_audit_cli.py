@@ -56,12 +56,13 @@ def test_show_table_and_filters(cli, site_db):
     assert out.splitlines()[-1] == "no matching entries"
 
 
-def test_show_from_an_export_and_usage_errors(cli, federation):
+def test_show_from_an_export_and_usage_errors(cli, federation, monkeypatch, tmp_path):
+    monkeypatch.setenv("GREENHOUSE_CONFIG_DIR", str(tmp_path / "no-config"))
     site_dir, _ = federation.export()
     code, out, _ = cli("audit", "show", "--file", site_dir, "--action", "checkpoint.seen")
     assert code == 0 and len(out.splitlines()) == 3
-    code, _, err = cli("audit", "show")
-    assert code == 2 and "give --file DB_OR_EXPORT" in err
+    code, out, err = cli("audit", "show", "--app-dir", site_dir)  # no --file: the SuperLink
+    assert code == 3 and "no federation configured" in err and not out
     code, _, err = cli("audit", "show", "--file", site_dir, "--since", "yesterday")
     assert code == 2 and "'yesterday' is not a date" in err
     code, _, err = cli("audit", "show", "--file", site_dir, "--action", "run.deleted")

@@ -413,7 +413,6 @@ def test_purge_run_messages(state, world, delivered, body, reply_meta):
         state.purge_run_messages(5)
 
 
-
 def test_queue_messages_is_all_or_nothing(state, world, body, request_meta):
     good = [request_meta(world.run_id, n) for n in (world.node_id, world.other_node_id)]
     stored = state.queue_messages([(m, body) for m in good])
