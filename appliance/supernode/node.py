@@ -273,7 +273,7 @@ class SuperNode:
 
     def _pull(
         self, message_id: str, site: SiteAudit
-    ) -> tuple[Message, pb.MessageHead, bytes, pb.PullMessageRequest, float]:
+    ) -> tuple[Message, pb.MessageHead, bytearray, pb.PullMessageRequest, float]:
         """The message, its head (run, SuperLink tree head), its content frame, the
         request, and when the pull started (``time.monotonic()``)."""
         started = time.monotonic()
@@ -288,7 +288,7 @@ class SuperNode:
                 assembler.add(chunk.data)
         if head is None or assembler is None:
             raise ValueError(f"message {message_id} arrived without its head")
-        frame = bytes(assembler.finish())
+        frame = assembler.finish()  # decoded in place: the arrays are views of it
         content = decode_record_dict(frame, max_bytes=self.config.max_message_bytes)
         message = Message.from_parts(decode_metadata(head.metadata), content)
         return message, head, frame, request, started
@@ -404,9 +404,10 @@ class SuperNode:
 
     def _push(self, request: Message, reply: Message) -> None:
         reply, frame = self._egress(request, reply)
+        frame_sha256 = hashlib.sha256(frame).digest()
         assert self._site_audit is not None
         # Before a byte leaves: no egress.reply entry, no send (fail closed).
-        self._site_audit.egress(reply, node_id=self.node_id, frame=frame)
+        self._site_audit.egress(reply, node_id=self.node_id, frame=frame, sha256=frame_sha256)
         metadata = encode_metadata(reply.metadata)
         error = reply.error if reply.has_error() else Error(ErrorCode.UNKNOWN, "")
         digest = reply_digest(
@@ -414,7 +415,7 @@ class SuperNode:
             is_error=reply.has_error(),
             error_code=error.code,
             error_reason=error.reason,
-            content_sha256=hashlib.sha256(frame).digest() if frame else b"",
+            content_sha256=frame_sha256 if frame else b"",
         )
         signature = (
             b""

@@ -26,6 +26,9 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import URL, Engine, create_engine, event
 
 import audit
 from appliance.logs import get_logger
@@ -100,7 +103,7 @@ class SiteAudit:
         log_key, _ = load_or_create_signing_key(directory / "site-audit.key")
         witness_key, _ = load_or_create_signing_key(directory / "witness.key")
         self.log = audit.AuditLog(
-            audit.open_sqlite(_touch(directory / DB_NAME), read_only=False),
+            _site_engine(directory / DB_NAME),
             signer=audit.NoteSigner(name=f"{name}-site-log", private_key=log_key),
             clock=_now,
             checkpoint_every=1000,
@@ -217,7 +220,9 @@ class SiteAudit:
 
     # -- messages and replies ---------------------------------------------------------------
 
-    def received(self, message: Message, *, node_id: int, app_sha256: str, frame: bytes) -> None:
+    def received(
+        self, message: Message, *, node_id: int, app_sha256: str, frame: bytes | bytearray
+    ) -> None:
         """``message.received``: an instruction admitted for the ClientApp."""
         meta = message.metadata
         self.log.append(
@@ -243,8 +248,13 @@ class SiteAudit:
             {"reason": reason, "message_type": meta.message_type},
         )
 
-    def egress(self, reply: Message, *, node_id: int, frame: bytes) -> None:
-        """``egress.reply``: written before the reply's bytes leave (raises: do not send)."""
+    def egress(
+        self, reply: Message, *, node_id: int, frame: bytes, sha256: bytes | None = None
+    ) -> None:
+        """``egress.reply``: written before the reply's bytes leave (raises: do not send).
+
+        ``sha256`` is the frame's digest when the caller has it already.
+        """
         meta = reply.metadata
         records: list[str] = []
         metric_keys: set[str] = set()
@@ -254,7 +264,7 @@ class SiteAudit:
                 if isinstance(record, MetricRecord):
                     metric_keys.update(record.keys())
         details: dict[str, object] = {
-            "sha256": hashlib.sha256(frame).hexdigest(),
+            "sha256": (sha256 or hashlib.sha256(frame).digest()).hex(),
             "bytes": len(frame),
             "records": records,
             "metric_keys": sorted(metric_keys),
@@ -279,7 +289,21 @@ class SiteAudit:
         self.log.close()
 
 
-def _touch(path: Path) -> Path:
+def _site_engine(path: Path) -> Engine:
+    """SQLite in WAL mode with a synced WAL: one fsync per entry, and an entry that
+    was written before a reply left is on disk even if the power fails next."""
     if not path.exists():
         path.touch(mode=0o600)
-    return path
+    engine = create_engine(URL.create("sqlite", database=str(path)))
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA busy_timeout=30000")
+        finally:
+            cursor.close()
+
+    return engine

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from runtime_harness import APPS, Federation, start
 
+import audit
 from appliance.bundle import build_bundle
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -33,6 +34,13 @@ def _policy(path: Path, *, allow: list[str], extra: str = "") -> Path:
     )
     path.chmod(0o600)
     return path
+
+
+def _site_log(federation: Federation, node: str, action: str) -> list[dict[str, object]]:
+    """The details of the ``action`` entries in a running site's own audit log."""
+    db = federation.root / f"node-{node}" / "audit" / "site-audit.db"
+    query = audit.EntryQuery(actions=frozenset({audit.Action(action)}))
+    return [e.to_json()["details"] for e in audit.open_source(db).entries(query)]  # type: ignore[misc]
 
 
 def _variant(federation: Federation, name: str, client_prefix: str) -> Path:
@@ -61,6 +69,9 @@ def test_a_bundle_not_on_the_allowlist_never_runs(federation: Federation):
     for node in ("n1", "n2"):
         assert not list((federation.root / f"node-{node}").rglob("MARKER"))
         assert not list((federation.root / f"node-{node}").rglob("client_app.py"))
+        refusals = _site_log(federation, node, "policy.refused")
+        assert len(refusals) == 1 and "allowlist" in str(refusals[0]["reason"])
+        assert _site_log(federation, node, "message.received") == []
     # The allowlisted app runs under the same policy.
     code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
     assert code == 0, err
@@ -138,6 +149,10 @@ def test_egress_blocks_free_text_and_unlisted_metrics(federation: Federation):
         assert "final sum 0.0000" in out
         assert "Jane Doe" not in out
         assert "patient-age-42" not in out
+    for node in ("n1", "n2"):  # the site's log: two refusals; what left carries neither
+        assert len(_site_log(federation, node, "policy.refused")) == 2
+        for sent in _site_log(federation, node, "egress.reply"):
+            assert sent["records"] == [] and sent["metric_keys"] == []
     database = (federation.root / "superlink" / "state.db").read_bytes()
     assert b"Jane Doe" not in database
     assert b"patient-age-42" not in database
