@@ -255,7 +255,7 @@ class SuperLink:
             runs_dir=cfg.data_dir.resolve() / "runs",
             appio_address=f"{cfg.appio_host}:{self.appio_port}",
             max_message_bytes=cfg.max_message_bytes,
-            on_run_ended=lambda _run_id: self.audit.sign_now(),  # the run's record, signed
+            on_run_ended=self._sign_run_record,
         )
         appio_pb2_grpc.add_AppIoServicer_to_server(
             AppIoServicer(
@@ -342,6 +342,10 @@ class SuperLink:
             on_refusal=self._refused,
         )
         return self._server(name, ErrorTranslator(), auth)
+
+    def _sign_run_record(self, _run_id: int) -> None:
+        """A run ended: sign a tree head now, so its record is witnessed without delay."""
+        self.audit.sign_now()
 
     def _refused(self, refusal: Refusal) -> None:
         _log.warning(
