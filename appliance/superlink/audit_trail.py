@@ -30,13 +30,14 @@ from sqlalchemy.orm import Session
 
 import audit
 from appliance.logs import get_logger
-from appliance.state import AuditActor, State
+from appliance.state import AuditActor, AuditSink, State
 from audit.note import parse_note
 from audit.schema import latest_checkpoint
 from certs import load_or_create_signing_key, load_signing_key
 from certs.grpc_auth import Refusal
+from certs.identity import Identity
 
-__all__ = ["AuditSettings", "SuperLinkAudit", "TreeHead"]
+__all__ = ["AuditSettings", "SuperLinkAudit", "TreeHead", "actor_of", "sink_for"]
 
 _log = get_logger("appliance.superlink.audit")
 #: Largest consistency proof cache (one entry per (old, new) size pair asked for).
@@ -63,8 +64,28 @@ class TreeHead:
     note: str
 
 
-def _actor(actor: AuditActor | None) -> audit.Actor:
-    return audit.SYSTEM if actor is None else audit.Actor(identity=actor.identity, role=actor.role)
+def actor_of(identity: Identity) -> AuditActor:
+    """The audit actor of an authenticated caller: its certificate name and role."""
+    return AuditActor(identity.name, identity.role.value)
+
+
+def sink_for(log: audit.AuditLog) -> AuditSink:
+    """The state's audit sink writing to ``log`` through the change's own session."""
+
+    def sink(
+        session: Session,
+        action: str,
+        *,
+        actor: AuditActor | None,
+        subjects: Mapping[str, str],
+        details: Mapping[str, object],
+    ) -> None:
+        who = (
+            audit.SYSTEM if actor is None else audit.Actor(identity=actor.identity, role=actor.role)
+        )
+        log.append(who, action, subjects, details, connection=session)
+
+    return sink
 
 
 class SuperLinkAudit:
@@ -92,9 +113,8 @@ class SuperLinkAudit:
         self._interval_s = settings.checkpoint_interval_s
         self._last_signed = time.monotonic()
         self._lock = threading.Lock()
-        self._head: TreeHead | None = None
         self._proofs: dict[tuple[int, int], tuple[bytes, ...]] = {}
-        state.attach_audit(self._sink)
+        state.attach_audit(sink_for(self.log))
         _log.info("audit log open", vkey=self.log.verifier_key.encode(), size=self.log.size)
 
     def _check_stored_key(self) -> None:
@@ -112,17 +132,6 @@ class SuperLinkAudit:
     @property
     def verifier_key(self) -> audit.VerifierKey:
         return self.log.verifier_key
-
-    def _sink(
-        self,
-        session: Session,
-        action: str,
-        *,
-        actor: AuditActor | None,
-        subjects: Mapping[str, str],
-        details: Mapping[str, object],
-    ) -> None:
-        self.log.append(_actor(actor), action, subjects, details, connection=session)
 
     # -- entries without a state change ------------------------------------------------
 
@@ -150,8 +159,7 @@ class SuperLinkAudit:
         note = self.log.checkpoint()
         with self._lock:
             self._last_signed = time.monotonic()
-            self._head = TreeHead(size=audit.parse_checkpoint(_text(note)).size, note=note)
-            return self._head
+        return TreeHead(size=audit.parse_checkpoint(_text(note)).size, note=note)
 
     def sign_if_due(self) -> None:
         """Sign when entries have waited ``checkpoint_interval_s`` without a tree head."""
@@ -164,15 +172,10 @@ class SuperLinkAudit:
             self.sign_now()
 
     def latest(self) -> TreeHead | None:
-        """The largest stored tree head (cached; tree heads only grow)."""
+        """The largest stored tree head (also those signed inside appends, every 1000)."""
         with self.log.engine.connect() as conn:
             row = latest_checkpoint(conn, 2**63 - 1)
-        if row is None:
-            return None
-        with self._lock:
-            if self._head is None or self._head.size != row.tree_size:
-                self._head = TreeHead(size=row.tree_size, note=row.note)
-            return self._head
+        return None if row is None else TreeHead(size=row.tree_size, note=row.note)
 
     def consistency(self, old_size: int, new_size: int) -> tuple[bytes, ...]:
         """The RFC 9162 proof from ``old_size`` to ``new_size`` (cached per pair)."""

@@ -19,7 +19,8 @@ from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES
 from appliance.logs import get_logger
 from appliance.proto import control_pb2 as pb
 from appliance.proto import control_pb2_grpc
-from appliance.state import AuditActor, Node, Run, RunStatus, State
+from appliance.state import Node, Run, RunStatus, State
+from appliance.superlink.audit_trail import actor_of
 from appliance.superlink.runs import RunLauncher
 from certs.grpc_auth import identity_from_context
 from certs.identity import Identity
@@ -121,7 +122,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             )
         options = {"app_name": head.app_name, "app_version": head.app_version}
         run = self._state.create_run(
-            identity.name, bundle.sha256, run_config, options, actor=_actor(identity)
+            identity.name, bundle.sha256, run_config, options, actor=actor_of(identity)
         )
         _log.info("run submitted", run_id=run.run_id, owner=identity.name, bundle=bundle.sha256)
         try:
@@ -176,9 +177,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         if run.status.is_terminal:
             return pb.StopRunResponse(status=run.status.value)
         reason = f"stopped by {identity.name}"
-        if not self._launcher.stop(run.run_id, reason, actor=_actor(identity)):
+        if not self._launcher.stop(run.run_id, reason, actor=actor_of(identity)):
             self._state.transition_run(
-                run.run_id, RunStatus.STOPPED, reason, actor=_actor(identity)
+                run.run_id, RunStatus.STOPPED, reason, actor=actor_of(identity)
             )
         return pb.StopRunResponse(status=RunStatus.STOPPED.value)
 
@@ -190,7 +191,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             node_identity.certificate_fingerprint,
             node_identity.signing_key_fingerprint or "",
             enrolled_by=admin.name,
-            actor=_actor(admin),
+            actor=actor_of(admin),
         )
         _log.info("node enrolled", node=node.name, by=admin.name)
         return _node_info(node)
@@ -199,7 +200,7 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         self, request: pb.RemoveNodeRequest, context: grpc.ServicerContext
     ) -> pb.RemoveNodeResponse:
         admin = identity_from_context(context)
-        self._state.remove_node(request.name, actor=_actor(admin))
+        self._state.remove_node(request.name, actor=actor_of(admin))
         _log.info("node removed", node=request.name, by=admin.name)
         return pb.RemoveNodeResponse()
 
@@ -243,7 +244,3 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"bad audit query: {exc}")
         for entry in self._audit_source.entries(query):
             yield pb.AuditLine(line=audit.encode_entry(entry).decode("utf-8"))
-
-
-def _actor(identity: Identity) -> AuditActor:
-    return AuditActor(identity.name, identity.role.value)

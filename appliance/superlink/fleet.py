@@ -25,8 +25,8 @@ from appliance.logs import get_logger
 from appliance.message import SERVER_NODE_ID
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto import fleet_pb2_grpc
-from appliance.state import AuditActor, BlobRef, Node, State
-from appliance.superlink.audit_trail import SuperLinkAudit
+from appliance.state import BlobRef, Node, State
+from appliance.superlink.audit_trail import SuperLinkAudit, actor_of
 from appliance.superlink.hub import Hub
 from appliance.transport import REPLY_SIGNATURE_METHOD, reply_digest, witness_key_name
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata
@@ -96,7 +96,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> Iterator[pb.FleetEvent]:
         identity, node = self._caller(context)
         inbox = self._hub.subscribe(node.node_id)
-        self._state.set_node_online(node.node_id, True, actor=_actor(identity))
+        self._state.set_node_online(node.node_id, True, actor=actor_of(identity))
         _log.info("node connected", node=node.name, node_id=node.node_id)
 
         def disconnect() -> None:
@@ -210,7 +210,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )
         error = (head.error_code, head.error_reason) if head.is_error else None
         stored = self._state.store_reply(
-            meta, content, error, head.signature, actor=_actor(identity)
+            meta, content, error, head.signature, actor=actor_of(identity)
         )
         self._hub.replies(stored.run_id).bump()
         return pb.PushReplyResponse(message_id=stored.message_id)
@@ -261,7 +261,3 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         yield pb.BundleChunk(head=pb.BundleHead(sha256=bundle.sha256, size=bundle.size))
         for chunk in self._state.open_bundle(bundle.sha256):
             yield pb.BundleChunk(data=chunk)
-
-
-def _actor(identity: Identity) -> AuditActor:
-    return AuditActor(identity.name, identity.role.value)

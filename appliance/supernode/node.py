@@ -106,6 +106,17 @@ class _Run:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
+@dataclass(frozen=True)
+class _Pulled:
+    """A pulled message with what the site log and the witness need from its pull."""
+
+    message: Message
+    head: pb.MessageHead  # run context and the SuperLink's latest tree head
+    frame: bytearray  # the content as received (the message's arrays are views of it)
+    witness_size: int  # the cosigned size the pull asked a consistency proof from
+    started: float  # time.monotonic() when the pull started
+
+
 class SuperNode:
     """A running SuperNode. :meth:`run` blocks until :meth:`stop`."""
 
@@ -271,11 +282,7 @@ class SuperNode:
         except Exception:
             _log.exception("message not handled", message_id=message_id)
 
-    def _pull(
-        self, message_id: str, site: SiteAudit
-    ) -> tuple[Message, pb.MessageHead, bytearray, pb.PullMessageRequest, float]:
-        """The message, its head (run, SuperLink tree head), its content frame, the
-        request, and when the pull started (``time.monotonic()``)."""
+    def _pull(self, message_id: str, site: SiteAudit) -> _Pulled:
         started = time.monotonic()
         head: pb.MessageHead | None = None
         assembler: Assembler | None = None
@@ -291,17 +298,15 @@ class SuperNode:
         frame = assembler.finish()  # decoded in place: the arrays are views of it
         content = decode_record_dict(frame, max_bytes=self.config.max_message_bytes)
         message = Message.from_parts(decode_metadata(head.metadata), content)
-        return message, head, frame, request, started
+        return _Pulled(message, head, frame, request.witness_size, started)
 
-    def _witness(
-        self, site: SiteAudit, head: pb.MessageHead, request: pb.PullMessageRequest, at: float
-    ) -> None:
+    def _witness(self, site: SiteAudit, pulled: _Pulled) -> None:
         """Record the SuperLink's tree head; cosign it if it extends the last one."""
         cosignature = site.saw_tree_head(
-            head.audit_checkpoint,
-            list(head.audit_consistency),
-            proof_from=request.witness_size,
-            pulled_at=at,
+            pulled.head.audit_checkpoint,
+            list(pulled.head.audit_consistency),
+            proof_from=pulled.witness_size,
+            pulled_at=pulled.started,
         )
         if cosignature is None:
             return
@@ -320,13 +325,13 @@ class SuperNode:
     def _handle(self, message_id: str, run_id: int) -> None:
         site = self._site_audit
         assert site is not None, "messages arrive only after Hello"
-        message, head, frame, request, pulled_at = self._pull(message_id, site)
-        run_context = head.run
+        pulled = self._pull(message_id, site)
+        message, run_context = pulled.message, pulled.head.run
         run = self._run(run_context)
         policy = self.config.policy
         with run.lock:
             try:
-                self._witness(site, head, request, pulled_at)
+                self._witness(site, pulled)
                 if policy is not None:
                     admit_message(policy, message)
                     if run.process is None:  # before a byte of the app is fetched or run
@@ -336,7 +341,7 @@ class SuperNode:
                     message,
                     node_id=self.node_id,
                     app_sha256=run_context.bundle_sha256,
-                    frame=frame,
+                    frame=pulled.frame,
                 )
                 if run.process is None:
                     run.process = self._start_clientapp(run, run_context)

@@ -26,9 +26,6 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import URL, Engine, create_engine, event
 
 import audit
 from appliance.logs import get_logger
@@ -103,7 +100,7 @@ class SiteAudit:
         log_key, _ = load_or_create_signing_key(directory / "site-audit.key")
         witness_key, _ = load_or_create_signing_key(directory / "witness.key")
         self.log = audit.AuditLog(
-            _site_engine(directory / DB_NAME),
+            audit.open_sqlite(_touch(directory / DB_NAME), read_only=False),
             signer=audit.NoteSigner(name=f"{name}-site-log", private_key=log_key),
             clock=_now,
             checkpoint_every=1000,
@@ -289,21 +286,7 @@ class SiteAudit:
         self.log.close()
 
 
-def _site_engine(path: Path) -> Engine:
-    """SQLite in WAL mode with a synced WAL: one fsync per entry, and an entry that
-    was written before a reply left is on disk even if the power fails next."""
+def _touch(path: Path) -> Path:
     if not path.exists():
         path.touch(mode=0o600)
-    engine = create_engine(URL.create("sqlite", database=str(path)))
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA busy_timeout=30000")
-        finally:
-            cursor.close()
-
-    return engine
+    return path

@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -62,13 +61,6 @@ class Pki:
             not_after=not_after,
         )
         return Issued(cert, tls_key, signing_key)
-
-
-@pytest.fixture(autouse=True)
-def _isolated_logging():
-    """CLI runs bind structlog to capsys' stderr; never let that outlive the test."""
-    yield
-    structlog.reset_defaults()
 
 
 def _make_ca(directory: Path, name: str) -> CertificateAuthority:

@@ -13,9 +13,8 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-import threading
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.orm import Session
+from state_threads import start_together
 
 import audit
 from appliance.message import ErrorCode
@@ -37,12 +37,12 @@ from appliance.state import (
     State,
 )
 from appliance.state.models import MessageRow
+from appliance.superlink.audit_trail import sink_for
 from audit.schema import metadata as audit_metadata
 from audit.verify import ENTRIES_FILE
 
 ADMIN = AuditActor("CN=admin,O=Greenhouse", "admin")
 ALICE = AuditActor("CN=alice,O=Hospital A", "data-scientist")
-JOIN_TIMEOUT_S = 60
 S = RunStatus
 
 
@@ -92,8 +92,9 @@ class Audited:
         return [audit.parse_entry(line) for line in lines]
 
 
-def who(actor: AuditActor | None) -> audit.Actor:
-    return audit.SYSTEM if actor is None else audit.Actor(identity=actor.identity, role=actor.role)
+def who(actor: AuditActor) -> audit.Actor:
+    """The entry's expected actor for a state-level actor."""
+    return audit.Actor(identity=actor.identity, role=actor.role)
 
 
 def attach_audit(state: State, *, checkpoint_every: int = 1000) -> Audited:
@@ -105,16 +106,7 @@ def attach_audit(state: State, *, checkpoint_every: int = 1000) -> Audited:
         checkpoint_every=checkpoint_every,
     )
 
-    def sink(
-        session: Session,
-        action: str,
-        *,
-        actor: AuditActor | None,
-        subjects: Mapping[str, str],
-        details: Mapping[str, object],
-    ) -> None:
-        log.append(who(actor), action, subjects, details, connection=session)
-
+    sink = sink_for(log)
     state.attach_audit(sink)
     return Audited(log, sink)
 
@@ -122,31 +114,6 @@ def attach_audit(state: State, *, checkpoint_every: int = 1000) -> Audited:
 def summary(entry: audit.Entry) -> tuple[str, audit.Actor, dict[str, str], dict[str, object]]:
     plain = entry.to_json()
     return plain["action"], entry.actor, plain["subjects"], plain["details"]
-
-
-def run_threads(targets: list[Callable[[], None]]) -> None:
-    """Start all targets together; re-raise the first error (bounded by a timeout)."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(targets))
-
-    def wrap(target: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                barrier.wait(timeout=JOIN_TIMEOUT_S)
-                target()
-            except BaseException as exc:
-                errors.append(exc)
-
-        return run
-
-    threads = [threading.Thread(target=wrap(t), daemon=True) for t in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT_S)
-    assert not any(t.is_alive() for t in threads), "an audited state call hung"
-    if errors:
-        raise errors[0]
 
 
 # -- the lifecycle, entry by entry ----------------------------------------------------------
@@ -520,7 +487,7 @@ def test_concurrent_audited_writes_keep_one_contiguous_log(state, make_node, tmp
 
         return go
 
-    run_threads([writer(i) for i in range(THREADS)])
+    start_together([writer(i) for i in range(THREADS)])
 
     entries = trail.export(tmp_path / "export")
     assert [e.seq for e in entries] == list(range(THREADS * PER_THREAD))

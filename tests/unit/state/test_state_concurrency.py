@@ -12,6 +12,8 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 
+from state_threads import start_together
+
 from appliance.state import (
     AlreadyDelivered,
     AlreadyReplied,
@@ -21,32 +23,6 @@ from appliance.state import (
 )
 
 THREADS = 6
-JOIN_TIMEOUT_S = 60
-
-
-def _run_threads(targets: list[Callable[[], None]]) -> None:
-    """Start all targets together; re-raise the first unexpected error."""
-    errors: list[BaseException] = []
-    barrier = threading.Barrier(len(targets))
-
-    def wrap(target: Callable[[], None]) -> Callable[[], None]:
-        def run() -> None:
-            try:
-                barrier.wait(timeout=JOIN_TIMEOUT_S)
-                target()
-            except BaseException as exc:
-                errors.append(exc)
-
-        return run
-
-    threads = [threading.Thread(target=wrap(t), daemon=True) for t in targets]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(JOIN_TIMEOUT_S)
-    assert not any(t.is_alive() for t in threads), "a state call hung"
-    if errors:
-        raise errors[0]
 
 
 def test_concurrent_queue_deliver_reply(state, make_run, make_node, request_meta, reply_meta):
@@ -60,7 +36,7 @@ def test_concurrent_queue_deliver_reply(state, make_run, make_node, request_meta
     def producer(k: int) -> Callable[[], None]:
         return lambda: [state.queue_message(m, body) for m in metas[k::THREADS]]
 
-    _run_threads([producer(k) for k in range(THREADS)])
+    start_together([producer(k) for k in range(THREADS)])
     assert sum(len(state.queued_for_node(n, limit=1000)) for n in nodes) == len(metas)
 
     delivered: list[str] = []
@@ -86,7 +62,7 @@ def test_concurrent_queue_deliver_reply(state, make_run, make_node, request_meta
 
         return consume
 
-    _run_threads([consumer(n) for n in nodes for _ in range(2)])
+    start_together([consumer(n) for n in nodes for _ in range(2)])
     assert Counter(delivered) == Counter(list(by_id))  # every request delivered exactly once
     assert Counter(replied) == Counter(list(by_id))
     assert len(state.replies_for(run.run_id, list(by_id))) == len(metas)
@@ -105,7 +81,7 @@ def test_racing_replies_to_one_request(state, make_run, make_node, request_meta,
         with contextlib.suppress(AlreadyReplied):
             wins.append(state.store_reply(reply_meta(meta), body, None, None).message_id)
 
-    _run_threads([reply] * THREADS)
+    start_together([reply] * THREADS)
     assert len(wins) == 1
     assert [r.message_id for r in state.replies_for(run.run_id, [meta.message_id])] == wins
 
@@ -122,7 +98,7 @@ def test_racing_transitions(state, make_run):
 
         return go
 
-    _run_threads([transition(next(targets)) for _ in range(THREADS)])
+    start_together([transition(next(targets)) for _ in range(THREADS)])
     assert len(wins) == 1
     assert state.get_run(run.run_id).status is wins[0]
 
@@ -140,7 +116,7 @@ def test_racing_enrolments_and_log_appends(state, make_run, fp):
 
         return go
 
-    _run_threads([enrol(i) for i in range(THREADS)])
+    start_together([enrol(i) for i in range(THREADS)])
     assert len(enrolled) == 1
     lines = state.read_log(run.run_id)
     assert [line.seq for line in lines] == list(range(1, THREADS * 5 + 1))
@@ -149,6 +125,6 @@ def test_racing_enrolments_and_log_appends(state, make_run, fp):
 
 def test_concurrent_blob_puts_of_the_same_bytes(state):
     refs = []
-    _run_threads([lambda: refs.append(state.blobs.put_bytes(b"same" * 1000))] * THREADS)
+    start_together([lambda: refs.append(state.blobs.put_bytes(b"same" * 1000))] * THREADS)
     assert len(set(refs)) == 1
     assert state.blobs.list_blobs() == [refs[0].sha256]
