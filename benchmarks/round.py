@@ -163,7 +163,7 @@ def vm_kb(pid: int, key: str) -> int:
 #: Which process a command line belongs to (checked in order).
 KINDS = (
     ("appliance.superlink.serverapp_process", "serverapp"),
-    ("appliance.supernode.clientapp_process", "clientapps"),
+    ("appliance.supernode.clientapp_entry", "clientapps"),
     ("appliance.cli supernode", "supernodes"),
     ("appliance.cli superlink", "superlink"),
 )

@@ -1,11 +1,12 @@
 """The ClientApp subprocess: one per run, kept alive for the whole run.
 
-The SuperNode starts ``python -m appliance.supernode.clientapp_process APP_DIR`` with
-two extra pipe file descriptors (numbers in the environment): it writes
-length-prefixed message frames to one and reads reply frames from the other, so the
-app's own ``print`` output on stdout/stderr can never corrupt the protocol. Keeping
-the process for the run means the interpreter and the app's imports are paid once,
-and ``Context.state`` persists across the run's messages.
+The SuperNode starts ``python -m appliance.supernode.clientapp_entry APP_DIR`` (which
+applies the site's limits, then calls :func:`main`) with two extra pipe file
+descriptors (numbers in the environment): it writes length-prefixed message frames
+to one and reads reply frames from the other, so the app's own ``print`` output on
+stdout/stderr can never corrupt the protocol. Keeping the process for the run means
+the interpreter and the app's imports are paid once, and ``Context.state`` persists
+across the run's messages.
 
 Frames use :mod:`appliance.wire`; a frame is preceded by its length as an 8-byte
 big-endian integer.
@@ -16,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import sys
 from typing import BinaryIO
 
 from appliance.appconfig import load_app_spec, load_component
@@ -82,9 +82,14 @@ def serve(
     *,
     error_detail: ErrorDetail,
     max_bytes: int,
+    refused: str = "",
 ) -> None:
-    """Answer messages from ``inbox`` on ``outbox`` until the SuperNode closes the pipe."""
-    app, load_error = _load(app_dir)
+    """Answer messages from ``inbox`` on ``outbox`` until the SuperNode closes the pipe.
+
+    A non-empty ``refused`` (why the process could not be confined) means the app
+    is never loaded: every message gets an error reply with that reason.
+    """
+    app, load_error = (None, refused) if refused else _load(app_dir)
     while True:
         try:
             frame = read_frame(inbox, max_bytes)
@@ -98,8 +103,8 @@ def serve(
         write_frame(outbox, encode_message(reply))
 
 
-def main(argv: list[str]) -> int:
-    """Entry point: ``APP_DIR``; pipes and context come from the environment."""
+def main(argv: list[str], *, refused: str = "") -> int:
+    """Serve ``APP_DIR`` (``argv[0]``); pipes and context come from the environment."""
     settings = json.loads(os.environ.pop(ENV_CONTEXT))
     context = Context(
         run_id=int(settings["run_id"]),
@@ -118,9 +123,6 @@ def main(argv: list[str]) -> int:
             context,
             error_detail=ErrorDetail(settings.get("error_detail", "message")),
             max_bytes=int(settings["max_message_bytes"]),
+            refused=refused,
         )
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))

@@ -10,6 +10,7 @@ started again for the next message (its ``state`` is lost, and the error says so
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import select
@@ -26,12 +27,14 @@ from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.message import Error, ErrorCode, Message
 from appliance.process_env import scrubbed_env
+from appliance.supernode.clientapp_entry import ENV_LIMITS
 from appliance.supernode.clientapp_process import (
     ENV_CONTEXT,
     ENV_IN_FD,
     ENV_OUT_FD,
     FRAME_LENGTH,
 )
+from appliance.supernode.limits import ResourceLimits
 from appliance.wire import WireError, decode_message, encode_message
 
 __all__ = ["ClientAppProcess"]
@@ -74,7 +77,7 @@ class ClientAppProcess:
         max_message_bytes: int,
         error_detail: ErrorDetail = ErrorDetail.MESSAGE,
         extra_env: Mapping[str, str] | None = None,
-        preexec: Callable[[], None] | None = None,
+        limits: ResourceLimits | None = None,
         before_message: Callable[[int], None] | None = None,
     ) -> None:
         self._app_dir = app_dir
@@ -86,10 +89,11 @@ class ClientAppProcess:
             "max_message_bytes": max_message_bytes,
             "error_detail": error_detail.value,
         }
+        # Applied by the child itself before it imports the app (clientapp_entry).
+        self._limits = json.dumps(dataclasses.asdict(limits)) if limits is not None else ""
         self._work_dir = work_dir
         self._max_bytes = max_message_bytes
         self._extra_env = dict(extra_env or {})
-        self._preexec = preexec  # resource limits, applied in the child before exec
         self._before_message = before_message  # e.g. re-arm the CPU-time limit
         self._process: subprocess.Popen[bytes] | None = None
         self._to_child = -1
@@ -102,11 +106,13 @@ class ClientAppProcess:
         env = scrubbed_env(self._extra_env)
         env[ENV_IN_FD], env[ENV_OUT_FD] = str(child_in), str(child_out)
         env[ENV_CONTEXT] = json.dumps(self._settings)
+        if self._limits:
+            env[ENV_LIMITS] = self._limits
         self._work_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         log = (self._work_dir / "clientapp.log").open("ab")
         try:
             self._process = subprocess.Popen(  # noqa: S603 -- fixed interpreter and module
-                [sys.executable, "-m", "appliance.supernode.clientapp_process", str(self._app_dir)],
+                [sys.executable, "-m", "appliance.supernode.clientapp_entry", str(self._app_dir)],
                 pass_fds=(child_in, child_out),
                 env=env,
                 cwd=self._work_dir,
@@ -114,7 +120,6 @@ class ClientAppProcess:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
-                preexec_fn=self._preexec,  # only setrlimit/unshare calls
             )
         finally:
             log.close()

@@ -1,4 +1,4 @@
-"""Resource limits for a run's ClientApp subprocess, applied between ``fork`` and ``exec``.
+"""Resource limits for a run's ClientApp subprocess, applied by the child itself.
 
 What this module enforces, on Linux (the appliance's deployment platform):
 
@@ -15,13 +15,21 @@ What this module enforces, on Linux (the appliance's deployment platform):
   wall-time limit instead.
 * **no core dumps** -- ``RLIMIT_CORE = 0``, always: a core file would copy the
   app's memory, site data included, onto disk.
-* **no network** (``isolate_network``) -- the child enters a new user and network
+* **no network** (``isolate_network``) -- the process enters a new user and network
   namespace (``unshare(CLONE_NEWUSER | CLONE_NEWNET)``, no privileges needed where
   the kernel allows unprivileged user namespaces) with its own uid/gid mapped, so
   files keep their owner. The new namespace has only a loopback interface, and
   it is down: no socket can reach anything, not even the SuperNode. Where the
   kernel refuses, the ClientApp does not start (fail closed);
   :func:`check_network_isolation` says so at SuperNode start.
+
+Where they are applied: :func:`apply_limits` runs first thing in the freshly
+exec'd ClientApp interpreter (``clientapp_entry``), before any app code is
+imported, while that process is still single-threaded (``unshare`` of a user
+namespace requires it). Not in a ``preexec_fn``: the SuperNode is multi-threaded
+(gRPC), and running Python between ``fork`` and ``exec`` there can deadlock or
+abort the child. Hard limits lowered by the child cannot be raised again by the
+app; the soft CPU limit is moved only by the SuperNode (``prlimit``).
 
 What it leaves to others: wall time per message (the parent's timeout in
 ``ClientAppProcess.handle``); the scrubbed environment and private working
@@ -30,12 +38,6 @@ directory (``clientapp_runner``); a read-only data path and syscall filtering
 ``SystemCallFilter=``, the container's seccomp profile). Python cannot drop
 network access portably; on hosts without user namespaces use the unit-level
 controls described in ``docs/site-policy.md``.
-
-The function returned by :func:`make_preexec` runs in the forked child of a
-multi-threaded SuperNode, where only async-signal-safe work is sound: it makes
-plain system calls (``unshare``, ``open``/``write`` on ``/proc/self``,
-``setrlimit``) on values computed before the fork, imports nothing and logs
-nothing.
 """
 
 from __future__ import annotations
@@ -54,10 +56,10 @@ from appliance.errors import ApplianceError
 __all__ = [
     "LimitError",
     "ResourceLimits",
+    "apply_limits",
     "check_network_isolation",
     "cpu_seconds_used",
     "grant_cpu_seconds",
-    "make_preexec",
 ]
 
 CLONE_NEWUSER = 0x10000000
@@ -93,7 +95,7 @@ def _libc_unshare() -> Callable[[int], int]:
 
 
 def _isolation_steps() -> tuple[Callable[[int], int], tuple[tuple[str, bytes], ...]]:
-    """The unshare call and the /proc writes that map our own uid/gid (computed pre-fork)."""
+    """The unshare call and the /proc writes that map our own uid/gid (computed before any fork)."""
     uid, gid = os.getuid(), os.getgid()
     writes = (
         ("/proc/self/setgroups", b"deny"),
@@ -106,7 +108,7 @@ def _isolation_steps() -> tuple[Callable[[int], int], tuple[tuple[str, bytes], .
 def _enter_isolated_namespace(
     unshare: Callable[[int], int], writes: tuple[tuple[str, bytes], ...]
 ) -> int:
-    """In the child: unshare user+net namespaces and map ids. 0 on success, else errno."""
+    """Unshare user+net namespaces and map ids (fork-safe). 0 on success, else errno."""
     if unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
         return ctypes.get_errno() or 1
     for path, data in writes:
@@ -125,43 +127,38 @@ def _at_most(value: int, hard: int) -> int:
     return value if hard == resource.RLIM_INFINITY else min(value, hard)
 
 
-def make_preexec(limits: ResourceLimits) -> Callable[[], None]:
-    """A ``preexec_fn`` for ``subprocess.Popen`` that applies ``limits`` in the child.
+def apply_limits(limits: ResourceLimits) -> None:
+    """Apply ``limits`` to the calling process (the ClientApp interpreter, before the app).
 
-    Order matters: the namespace first (it must happen before anything else can
-    fail half-way), then CPU and core limits, and the address-space limit last,
-    because the forked child still has the parent's (possibly larger) memory
-    map until ``exec``.
+    Order matters: the namespace first (``unshare`` of a user namespace needs a
+    single-threaded process, and nothing else should happen if it fails), then
+    CPU and core limits, and the address-space limit last.
 
     Raises:
-        LimitError: (now, in the parent) network isolation is requested on a
-            platform without namespaces. In the child, any failure raises
-            ``OSError``; ``Popen`` then raises ``SubprocessError`` and no child runs.
+        LimitError: a limit cannot be applied (names which, and why).
     """
-    isolation = _isolation_steps() if limits.isolate_network else None
-    settings: list[tuple[int, tuple[int, int]]] = [(resource.RLIMIT_CORE, (0, 0))]
+    if limits.isolate_network:
+        error = _enter_isolated_namespace(*_isolation_steps())
+        if error:
+            raise LimitError(f"cannot isolate the network: {os.strerror(error)}")
+    settings: list[tuple[str, int, tuple[int, int]]] = [("core", resource.RLIMIT_CORE, (0, 0))]
     if limits.cpu_seconds is not None:
         hard = resource.getrlimit(resource.RLIMIT_CPU)[1]  # kept: raising it needs privilege
-        settings.append((resource.RLIMIT_CPU, (_at_most(limits.cpu_seconds, hard), hard)))
+        settings.append(("cpu", resource.RLIMIT_CPU, (_at_most(limits.cpu_seconds, hard), hard)))
     if limits.memory_bytes is not None:
         cap = _at_most(limits.memory_bytes, resource.getrlimit(resource.RLIMIT_AS)[1])
-        settings.append((resource.RLIMIT_AS, (cap, cap)))
-
-    def preexec() -> None:
-        if isolation is not None:
-            error = _enter_isolated_namespace(*isolation)
-            if error:
-                raise OSError(error, "cannot isolate the network")
-        for which, values in settings:
+        settings.append(("memory", resource.RLIMIT_AS, (cap, cap)))
+    for name, which, values in settings:
+        try:
             resource.setrlimit(which, values)
-
-    return preexec
+        except (OSError, ValueError) as exc:
+            raise LimitError(f"cannot set the {name} limit to {values[0]}: {exc}") from None
 
 
 def check_network_isolation() -> None:
     """Probe, once at SuperNode start, whether ``network = "none"`` can be enforced here.
 
-    Forks a child that tries exactly what :func:`make_preexec` does and exits.
+    Forks a child that tries exactly what :func:`apply_limits` does and exits.
 
     Raises:
         LimitError: the kernel refuses (with the errno and what to do about it).

@@ -37,7 +37,7 @@ from appliance.message import Error, ErrorCode, Message
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto.fleet_pb2_grpc import FleetStub
 from appliance.supernode.clientapp_runner import ClientAppProcess
-from appliance.supernode.limits import check_network_isolation, grant_cpu_seconds, make_preexec
+from appliance.supernode.limits import check_network_isolation, grant_cpu_seconds
 from appliance.supernode.policy import (
     EgressRefused,
     Network,
@@ -495,7 +495,7 @@ class SuperNode:
             return {}
         cpu_seconds = policy.execution.cpu_seconds
         return {
-            "preexec": make_preexec(resource_limits(policy)),
+            "limits": resource_limits(policy),
             "before_message": lambda pid: grant_cpu_seconds(pid, cpu_seconds),
         }
 

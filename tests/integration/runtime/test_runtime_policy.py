@@ -12,12 +12,13 @@ from runtime_harness import APPS, Federation, start
 
 import audit
 from appliance.bundle import build_bundle
+from appliance.supernode.limits import LimitError, check_network_isolation
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 PROBE = APPS / "probe"
 
 
-def _policy(path: Path, *, allow: list[str], extra: str = "") -> Path:
+def _policy(path: Path, *, allow: list[str], extra: str = "", network: str = "allowed") -> Path:
     allowed = ", ".join(f'"sha256:{digest}"' for digest in allow)
     path.write_text(
         textwrap.dedent(
@@ -30,7 +31,7 @@ def _policy(path: Path, *, allow: list[str], extra: str = "") -> Path:
             """
         )
         + textwrap.dedent(extra if "[execution]" in extra else extra + "[execution]\n")
-        + 'network = "allowed"\n'
+        + f'network = "{network}"\n'
     )
     path.chmod(0o600)
     return path
@@ -197,3 +198,32 @@ def test_resource_limits_stop_runaway_clientapps_and_the_node_keeps_serving(
     code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
     assert code == 0, err
     assert "final sum 30.0000" in out  # both nodes serve the next run normally
+
+
+def _isolation_available() -> bool:
+    try:
+        check_network_isolation()
+    except LimitError:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _isolation_available(), reason="no user namespaces on this host")
+def test_network_none_leaves_the_clientapp_without_a_network(federation: Federation):
+    policy = _policy(
+        federation.root / "site.toml", allow=[build_bundle(PROBE).sha256], network="none"
+    )
+    start(federation, 2, policy)
+    # The app tries the SuperLink's own fleet port, which the SuperNode itself reaches.
+    code, out, err = federation.cli(
+        "alice",
+        "run",
+        str(PROBE),
+        "--federation",
+        "test",
+        "--run-config",
+        f"hog='network' reach='127.0.0.1:{federation.fleet_port}' num-server-rounds=1",
+    )
+    assert code == 0, err
+    assert "the network is reachable" not in out, out
+    assert "final sum 15.0000" in out, out  # both nodes trained (steps 1 and 2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import resource
@@ -9,27 +10,36 @@ import signal
 import socket
 import subprocess
 import sys
+from dataclasses import asdict
 
 import pytest
 
-from appliance.supernode import limits
+from appliance.supernode import clientapp_entry, limits
 from appliance.supernode.limits import (
     LimitError,
     ResourceLimits,
+    apply_limits,
     check_network_isolation,
     cpu_seconds_used,
     grant_cpu_seconds,
-    make_preexec,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux limits")
 TIMEOUT_S = 30
 
 
+def _limited(code: str, limits_: ResourceLimits) -> list[str]:
+    """A command line running ``code`` after ``apply_limits``, as the ClientApp process does."""
+    prelude = (
+        "from appliance.supernode.limits import ResourceLimits, apply_limits\n"
+        f"apply_limits(ResourceLimits(**{asdict(limits_)!r}))\n"
+    )
+    return [sys.executable, "-I", "-c", prelude + code]
+
+
 def _run(code: str, limits_: ResourceLimits, **kwargs) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-I", "-c", code],
-        preexec_fn=make_preexec(limits_),
+        _limited(code, limits_),
         capture_output=True,
         text=True,
         timeout=TIMEOUT_S,
@@ -68,11 +78,7 @@ def test_core_dumps_are_always_off():
 def test_grant_cpu_seconds_rearms_the_limit_per_message():
     cap = ResourceLimits(memory_bytes=None, cpu_seconds=1, isolate_network=False)
     code = "import sys\nsys.stdin.readline()\nwhile True:\n    pass"
-    child = subprocess.Popen(
-        [sys.executable, "-I", "-c", code],
-        preexec_fn=make_preexec(cap),
-        stdin=subprocess.PIPE,
-    )
+    child = subprocess.Popen(_limited(code, cap), stdin=subprocess.PIPE)
     try:
         used = cpu_seconds_used(child.pid)
         assert 0 <= used < 1
@@ -144,5 +150,17 @@ def test_network_isolation_fails_closed_when_the_kernel_refuses(monkeypatch):
     with pytest.raises(LimitError, match=r"network = 'none' cannot be enforced on this host"):
         check_network_isolation()
     cap = ResourceLimits(memory_bytes=None, cpu_seconds=None, isolate_network=True)
-    with pytest.raises(subprocess.SubprocessError):
-        _run("print('ran')", cap)
+    # The namespace comes first, so this process (the test's) gets no limit either.
+    with pytest.raises(LimitError, match="cannot isolate the network"):
+        apply_limits(cap)
+
+
+def test_the_clientapp_process_reports_limits_it_cannot_apply(monkeypatch):
+    monkeypatch.setattr(limits, "_libc_unshare", lambda: lambda _flags: -1)
+    cap = ResourceLimits(memory_bytes=None, cpu_seconds=None, isolate_network=True)
+    monkeypatch.setenv(clientapp_entry.ENV_LIMITS, json.dumps(asdict(cap)))
+    reason = clientapp_entry.confine()
+    assert reason.startswith(
+        "the site's [execution] limits could not be applied: cannot isolate the network: "
+    )
+    assert clientapp_entry.ENV_LIMITS not in os.environ

@@ -1,10 +1,20 @@
 """Adds (partition id + 1) to every weight after an optional sleep."""
 
+import socket
 import time
 
 from appliance import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordDict
 
 app = ClientApp()
+
+
+def _must_not_reach(address: str) -> None:
+    host, port = address.rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return
+    raise RuntimeError(f"the network is reachable: connected to {address}")
 
 
 @app.train()
@@ -13,6 +23,8 @@ def train(msg: Message, ctx: Context) -> Message:
     hog = ctx.run_config.get("hog", "")
     if hog == "memory":
         _ = bytearray(8 * 2**30)  # far past the site's memory limit
+    elif hog == "network":
+        _must_not_reach(str(ctx.run_config["reach"]))
     elif hog == "loop" and ctx.node_config.get("partition-id") == 0:
         while True:
             pass
