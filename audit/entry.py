@@ -106,6 +106,10 @@ class Action(StrEnum):
     # vocabulary only grows, so a verifier must be at least as new as the writer.
     REPLY_RECEIVED = "reply.received"
     CHECKPOINT_SEEN = "checkpoint.seen"
+    # Site approval and receipts (issue: hardened SuperNode).
+    RUN_APPROVED = "run.approved"
+    RUN_REFUSED = "run.refused"
+    RECEIPT_RECEIVED = "receipt.received"
 
 
 _ACTIONS = frozenset(a.value for a in Action)

@@ -72,6 +72,7 @@ class EnvelopeKind(IntEnum):
     REQUEST = 1
     REPLY = 2
     STREAM = 3  # the start of a client-streaming call: covers method, time, nonce
+    RECEIPT = 4  # a site's signed decision about a run (accept, refuse, pending)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -48,9 +48,12 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 def _register_commands() -> None:
     from appliance.cli import app as app_cmd
+    from appliance.cli import approval as approval_cmd
     from appliance.cli import audit as audit_cmd
+    from appliance.cli import budget as budget_cmd
     from appliance.cli import ca as ca_cmd
     from appliance.cli import certs as certs_cmd
+    from appliance.cli import health as health_cmd
     from appliance.cli import node as node_cmd
     from appliance.cli import policy as policy_cmd
     from appliance.cli import run as run_cmd
@@ -60,6 +63,7 @@ def _register_commands() -> None:
 
     cli.add_command(run_cmd.run)
     cli.add_command(runs_cmd.ls)
+    cli.add_command(runs_cmd.show)
     cli.add_command(runs_cmd.log)
     cli.add_command(runs_cmd.stop)
     cli.add_command(runs_cmd.pull)
@@ -68,8 +72,13 @@ def _register_commands() -> None:
     cli.add_command(certs_cmd.certs)
     cli.add_command(superlink_cmd.superlink)
     cli.add_command(supernode_cmd.supernode)
+    cli.add_command(health_cmd.health)
     cli.add_command(app_cmd.app)
     cli.add_command(policy_cmd.policy)
+    cli.add_command(approval_cmd.pending)
+    cli.add_command(approval_cmd.approve)
+    cli.add_command(approval_cmd.refuse)
+    cli.add_command(budget_cmd.budget)
     cli.add_command(audit_cmd.audit_group)
 
 

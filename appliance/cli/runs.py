@@ -1,4 +1,5 @@
-"""``greenhouse ls``, ``log`` and ``stop``: a data scientist's (or auditor's) view of runs."""
+"""``greenhouse ls``, ``show``, ``log``, ``pull`` and ``stop``: a data scientist's (or
+auditor's) view of runs."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import click
 from appliance.errors import ApplianceError
 from appliance.federation import ControlClient, load_federation
 from appliance.proto import control_pb2 as pb
+from appliance.receipts import RunManifest
 from appliance.strategy.checkpoint import METRICS, check_artifact_name
 
 _FEDERATION = click.option("--federation", help="Federation name (default: the only/default one).")
@@ -51,15 +53,66 @@ def follow_run(client: ControlClient, run_id: int) -> None:
     click.echo(f"run {run_id} finished")
 
 
+def _latest_decisions(info: pb.RunInfo) -> dict[str, pb.ReceiptInfo]:
+    """Each site's latest receipt about the run (receipts arrive oldest first)."""
+    return {receipt.node: receipt for receipt in info.receipts}
+
+
+def _note(info: pb.RunInfo) -> str:
+    """The reason column: the run's reason, or which sites it waits for."""
+    waiting = sorted(node for node, r in _latest_decisions(info).items() if r.decision == "pending")
+    if waiting and info.status in ("pending", "starting", "running"):
+        return f"waiting for approval from {', '.join(waiting)}"
+    return info.reason
+
+
+def _receipt_row(receipt: pb.ReceiptInfo) -> dict[str, object]:
+    return {
+        "node": receipt.node,
+        "decision": receipt.decision,
+        "manifest_sha256": receipt.manifest_sha256,
+        "policy_sha256": receipt.policy_sha256,
+        "reason": receipt.reason,
+        "decided_by": receipt.decided_by,
+        "signed_at": _when(receipt.signed_at),
+        "receipt": receipt.receipt.decode("utf-8", "replace"),
+        "signature": receipt.signature.hex(),
+    }
+
+
+def _privacy(info: pb.RunInfo) -> str:
+    """``ε 1.2/7.9 site-level`` (spent of planned), or ``-`` without a DP plan."""
+    if not info.HasField("privacy"):
+        return "-"
+    p = info.privacy
+    return f"ε {p.spent_epsilon:.3g}/{p.planned_epsilon:.3g} {p.unit}"
+
+
 def _row(info: pb.RunInfo) -> dict[str, object]:
     return {
         "run_id": info.run_id,
         "owner": info.owner,
         "status": info.status,
-        "reason": info.reason,
+        "reason": _note(info),
         "bundle_sha256": info.bundle_sha256,
         "created_at": _when(info.created_at),
         "finished_at": _when(info.finished_at),
+        "receipts": [_receipt_row(r) for r in info.receipts],
+        "privacy": _privacy_row(info),
+    }
+
+
+def _privacy_row(info: pb.RunInfo) -> dict[str, object] | None:
+    if not info.HasField("privacy"):
+        return None
+    p = info.privacy
+    return {
+        "unit": p.unit,
+        "delta": p.delta,
+        "planned_epsilon": p.planned_epsilon,
+        "spent_epsilon": p.spent_epsilon,
+        "rounds_done": p.rounds_done,
+        "plan": json.loads(p.plan_json or "{}"),
     }
 
 
@@ -70,15 +123,61 @@ def _row(info: pb.RunInfo) -> dict[str, object]:
 def ls(federation: str | None, app_dir: Path, as_json: bool) -> None:
     """List the runs you may see."""
     with _client(federation, app_dir) as client:
-        rows = [_row(info) for info in client.runs()]
+        infos = client.runs()
+    rows = [_row(info) for info in infos]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    click.echo(f"{'run id':>20}  {'status':<9} {'owner':<16} {'created':<19}  reason")
-    for row in rows:
+    header = f"{'run id':>20}  {'status':<9} {'owner':<16} {'created':<19}  {'privacy':<28}"
+    click.echo(f"{header}  reason")
+    for info, row in zip(infos, rows, strict=True):
         click.echo(
             f"{row['run_id']:>20}  {row['status']:<9} {row['owner']:<16} {row['created_at']:<19}  "
-            f"{row['reason']}"
+            f"{_privacy(info):<28}  {row['reason']}"
+        )
+
+
+@click.command(name="show")
+@click.argument("run_id", type=int)
+@_FEDERATION
+@_APP
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show(run_id: int, federation: str | None, app_dir: Path, as_json: bool) -> None:
+    """Show one run: its manifest and every site's signed receipt (accept, refuse, pending)."""
+    with _client(federation, app_dir) as client:
+        (info,) = client.runs(run_id)
+    row = _row(info)
+    if as_json:
+        row["run_config"] = json.loads(info.run_config_json or "{}")
+        click.echo(json.dumps(row, indent=2))
+        return
+    manifest = RunManifest(
+        run_id=info.run_id, bundle_sha256=info.bundle_sha256, run_config_json=info.run_config_json
+    )
+    click.echo(f"run {info.run_id}  {info.status}  owner {info.owner}")
+    if row["reason"]:
+        click.echo(f"  {row['reason']}")
+    click.echo(f"  created {row['created_at']}, finished {row['finished_at']}")
+    click.echo(f"  app bundle  sha256:{info.bundle_sha256}")
+    click.echo(f"  run config  {info.run_config_json}")
+    click.echo(f"  manifest    sha256:{manifest.sha256}")
+    if info.HasField("privacy"):
+        p = info.privacy
+        click.echo(
+            f"  privacy     ε = {p.spent_epsilon:.4g} spent of {p.planned_epsilon:.4g} planned "
+            f"after {p.rounds_done} rounds (δ = {p.delta:g}, {p.unit}); plan {p.plan_json}"
+        )
+    if not info.receipts:
+        click.echo("receipts: none yet")
+        return
+    click.echo("receipts (signed by each site's node key, verified by the SuperLink):")
+    click.echo(f"  {'site':<16} {'decision':<9} {'signed (UTC)':<19}  {'policy':<16}  reason")
+    for receipt in info.receipts:
+        by = f" [{receipt.decided_by}]" if receipt.decided_by else ""
+        stale = "" if receipt.manifest_sha256 == manifest.sha256 else " (OTHER MANIFEST)"
+        click.echo(
+            f"  {receipt.node:<16} {receipt.decision:<9} {_when(receipt.signed_at):<19}  "
+            f"{(receipt.policy_sha256 or '-')[:16]:<16}  {receipt.reason}{by}{stale}"
         )
 
 

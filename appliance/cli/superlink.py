@@ -9,6 +9,8 @@ from types import FrameType
 
 import click
 
+from appliance.cli.health import health_address_option, health_service
+from appliance.cli.reload import answer_sighup
 from appliance.logs import configure_logging
 from appliance.superlink.audit_trail import AuditSettings
 from appliance.superlink.server import SuperLink, SuperLinkConfig
@@ -21,7 +23,12 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--cert", type=_FILE, help="SuperLink server certificate.")
 @click.option("--key", type=_FILE, help="SuperLink server key (mode 0600).")
 @click.option("--crl", type=_FILE, help="Certificate revocation list (re-read when it changes).")
-@click.option("--database", help="SQLAlchemy URL (default: SQLite in the data dir).")
+@click.option(
+    "--database",
+    envvar="GREENHOUSE_DATABASE_URL",
+    help="SQLAlchemy URL (default: SQLite in the data dir). From $GREENHOUSE_DATABASE_URL "
+    "when not given: keeps a password off the command line.",
+)
 @click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -70,6 +77,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     is_flag=True,
     help="DEVELOPMENT ONLY: no TLS, claimed identities, unsigned replies.",
 )
+@health_address_option
 def superlink(
     insecure: bool,
     keepalive_s: float,
@@ -85,6 +93,7 @@ def superlink(
     audit_key: Path | None,
     audit_origin: str,
     audit_interval_s: float,
+    health_address: str | None,
 ) -> None:
     """Serve the Fleet API (SuperNodes) and the Control API (users) over mTLS."""
     configure_logging("json", level=logging.INFO)
@@ -116,7 +125,16 @@ def superlink(
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    link.start()
-    click.echo(f"superlink ready: fleet {link.fleet_port}, control {link.control_port}", err=True)
-    link.wait()
-    link.stop()
+    answer_sighup(
+        "the server certificate, key, CA and CRL are re-read when their files change; "
+        "restart the SuperLink for any other setting"
+    )
+    with health_service(health_address) as set_serving:
+        link.start()
+        set_serving(True)
+        click.echo(
+            f"superlink ready: fleet {link.fleet_port}, control {link.control_port}", err=True
+        )
+        link.wait()
+        set_serving(False)
+        link.stop()

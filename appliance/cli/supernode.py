@@ -12,6 +12,7 @@ import click
 import audit
 from appliance.appconfig import parse_config_pairs
 from appliance.cli.audit import VKeyParam
+from appliance.cli.health import health_address_option, health_service
 from appliance.logs import configure_logging
 from appliance.supernode.node import SuperNode, SuperNodeConfig
 from appliance.supernode.policy import load_policy
@@ -57,6 +58,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     metavar="KEY=VALUE",
     help="Site settings passed to the ClientApp as context.node_config; repeatable.",
 )
+@health_address_option
 def supernode(
     address: str,
     ca: Path | None,
@@ -70,6 +72,7 @@ def supernode(
     superlink_audit_key: audit.VerifierKey | None,
     data_dir: Path,
     node_config: tuple[str, ...],
+    health_address: str | None,
 ) -> None:
     """Dial out to the SuperLink and run ClientApps for it (no inbound port)."""
     configure_logging("json", level=logging.INFO)
@@ -88,6 +91,7 @@ def supernode(
             node_config=parse_config_pairs(node_config),
             crl=crl,
             policy=load_policy(policy_path) if policy_path else None,
+            policy_path=policy_path,
             superlink_audit_key=superlink_audit_key,
             unsafe_insecure=insecure,
             unsafe_name=name,
@@ -99,4 +103,10 @@ def supernode(
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    node.run()
+    # SIGHUP re-reads site.toml (the node's housekeeping thread does the work); the
+    # CRL is re-read whenever its file changes; certificates and keys need a restart.
+    signal.signal(signal.SIGHUP, lambda _signum, _frame: node.request_reload())
+    # After SuperNode(): its isolation check must run before any thread starts.
+    # SERVING while connected to the SuperLink, NOT_SERVING while reconnecting.
+    with health_service(health_address) as set_serving:
+        node.run(on_connection=set_serving)

@@ -73,7 +73,7 @@ class SubmitRunResponse(_message.Message):
     def __init__(self, run_id: _Optional[int] = ...) -> None: ...
 
 class RunInfo(_message.Message):
-    __slots__ = ("run_id", "owner", "status", "reason", "bundle_sha256", "created_at", "started_at", "finished_at", "run_config_json")
+    __slots__ = ("run_id", "owner", "status", "reason", "bundle_sha256", "created_at", "started_at", "finished_at", "run_config_json", "receipts", "privacy")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     OWNER_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,8 @@ class RunInfo(_message.Message):
     STARTED_AT_FIELD_NUMBER: _ClassVar[int]
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     RUN_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    RECEIPTS_FIELD_NUMBER: _ClassVar[int]
+    PRIVACY_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     owner: str
     status: str
@@ -92,7 +94,47 @@ class RunInfo(_message.Message):
     started_at: float
     finished_at: float
     run_config_json: str
-    def __init__(self, run_id: _Optional[int] = ..., owner: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., run_config_json: _Optional[str] = ...) -> None: ...
+    receipts: _containers.RepeatedCompositeFieldContainer[ReceiptInfo]
+    privacy: RunPrivacyInfo
+    def __init__(self, run_id: _Optional[int] = ..., owner: _Optional[str] = ..., status: _Optional[str] = ..., reason: _Optional[str] = ..., bundle_sha256: _Optional[str] = ..., created_at: _Optional[float] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., run_config_json: _Optional[str] = ..., receipts: _Optional[_Iterable[_Union[ReceiptInfo, _Mapping]]] = ..., privacy: _Optional[_Union[RunPrivacyInfo, _Mapping]] = ...) -> None: ...
+
+class RunPrivacyInfo(_message.Message):
+    __slots__ = ("plan_json", "unit", "delta", "planned_epsilon", "spent_epsilon", "rounds_done")
+    PLAN_JSON_FIELD_NUMBER: _ClassVar[int]
+    UNIT_FIELD_NUMBER: _ClassVar[int]
+    DELTA_FIELD_NUMBER: _ClassVar[int]
+    PLANNED_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    SPENT_EPSILON_FIELD_NUMBER: _ClassVar[int]
+    ROUNDS_DONE_FIELD_NUMBER: _ClassVar[int]
+    plan_json: str
+    unit: str
+    delta: float
+    planned_epsilon: float
+    spent_epsilon: float
+    rounds_done: int
+    def __init__(self, plan_json: _Optional[str] = ..., unit: _Optional[str] = ..., delta: _Optional[float] = ..., planned_epsilon: _Optional[float] = ..., spent_epsilon: _Optional[float] = ..., rounds_done: _Optional[int] = ...) -> None: ...
+
+class ReceiptInfo(_message.Message):
+    __slots__ = ("node", "decision", "manifest_sha256", "policy_sha256", "reason", "decided_by", "signed_at", "receipt", "signature")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_SHA256_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_BY_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_AT_FIELD_NUMBER: _ClassVar[int]
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    decision: str
+    manifest_sha256: str
+    policy_sha256: str
+    reason: str
+    decided_by: str
+    signed_at: float
+    receipt: bytes
+    signature: bytes
+    def __init__(self, node: _Optional[str] = ..., decision: _Optional[str] = ..., manifest_sha256: _Optional[str] = ..., policy_sha256: _Optional[str] = ..., reason: _Optional[str] = ..., decided_by: _Optional[str] = ..., signed_at: _Optional[float] = ..., receipt: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class ListRunsRequest(_message.Message):
     __slots__ = ("run_id",)

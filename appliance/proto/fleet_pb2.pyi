@@ -165,3 +165,15 @@ class CosignRequest(_message.Message):
 class CosignResponse(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
+
+class ReceiptRequest(_message.Message):
+    __slots__ = ("receipt", "signature")
+    RECEIPT_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    receipt: bytes
+    signature: bytes
+    def __init__(self, receipt: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class ReceiptResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...

@@ -64,6 +64,11 @@ class FleetStub:
                 request_serializer=appliance_dot_proto_dot_fleet__pb2.CosignRequest.SerializeToString,
                 response_deserializer=appliance_dot_proto_dot_fleet__pb2.CosignResponse.FromString,
                 _registered_method=True)
+        self.SendReceipt = channel.unary_unary(
+                '/greenhouse.fleet.v1.Fleet/SendReceipt',
+                request_serializer=appliance_dot_proto_dot_fleet__pb2.ReceiptRequest.SerializeToString,
+                response_deserializer=appliance_dot_proto_dot_fleet__pb2.ReceiptResponse.FromString,
+                _registered_method=True)
 
 
 class FleetServicer:
@@ -106,6 +111,13 @@ class FleetServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SendReceipt(self, request, context):
+        """A site's signed decision about a run: accepted, refused or pending approval.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_FleetServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -138,6 +150,11 @@ def add_FleetServicer_to_server(servicer, server):
                     servicer.Cosign,
                     request_deserializer=appliance_dot_proto_dot_fleet__pb2.CosignRequest.FromString,
                     response_serializer=appliance_dot_proto_dot_fleet__pb2.CosignResponse.SerializeToString,
+            ),
+            'SendReceipt': grpc.unary_unary_rpc_method_handler(
+                    servicer.SendReceipt,
+                    request_deserializer=appliance_dot_proto_dot_fleet__pb2.ReceiptRequest.FromString,
+                    response_serializer=appliance_dot_proto_dot_fleet__pb2.ReceiptResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -302,6 +319,33 @@ class Fleet:
             '/greenhouse.fleet.v1.Fleet/Cosign',
             appliance_dot_proto_dot_fleet__pb2.CosignRequest.SerializeToString,
             appliance_dot_proto_dot_fleet__pb2.CosignResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SendReceipt(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenhouse.fleet.v1.Fleet/SendReceipt',
+            appliance_dot_proto_dot_fleet__pb2.ReceiptRequest.SerializeToString,
+            appliance_dot_proto_dot_fleet__pb2.ReceiptResponse.FromString,
             options,
             channel_credentials,
             insecure,

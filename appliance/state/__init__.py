@@ -66,8 +66,10 @@ from appliance.state.values import (
     Node,
     Recovery,
     Run,
+    RunPrivacy,
     RunStatus,
     StoredMessage,
+    StoredReceipt,
 )
 
 __all__ = [
@@ -108,11 +110,13 @@ __all__ = [
     "Run",
     "RunNotFound",
     "RunNotRunning",
+    "RunPrivacy",
     "RunStatus",
     "State",
     "StateError",
     "StorageError",
     "StoredMessage",
+    "StoredReceipt",
     "WrongRun",
     "default_url",
 ]

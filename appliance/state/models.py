@@ -40,7 +40,9 @@ __all__ = [
     "EventRow",
     "MessageRow",
     "NodeRow",
+    "ReceiptRow",
     "RunLogRow",
+    "RunPrivacyRow",
     "RunRow",
     "SettingRow",
 ]
@@ -185,3 +187,45 @@ class ArtifactRow(Base):
     sha256: Mapped[str] = mapped_column(String(64), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     created_at: Mapped[float] = mapped_column(Double)
+
+
+class ReceiptRow(Base):
+    """A site's signed decision about a run (accepted, refused, pending), as received.
+
+    Append-only: a site that first says ``pending`` and later ``accepted`` has two rows.
+    """
+
+    __tablename__ = "run_receipts"
+
+    receipt_id: Mapped[int] = mapped_column(_AUTO_ID, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("runs.run_id", ondelete="CASCADE"), index=True
+    )
+    node_id: Mapped[int] = mapped_column(BigInteger)
+    node_name: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(16))
+    manifest_sha256: Mapped[str] = mapped_column(_SHA256)
+    policy_sha256: Mapped[str] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(Text)
+    decided_by: Mapped[str] = mapped_column(String(256))
+    signed_at: Mapped[float] = mapped_column(Double)
+    received_at: Mapped[float] = mapped_column(Double)
+    body: Mapped[bytes] = mapped_column(LargeBinary)
+    signature: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class RunPrivacyRow(Base):
+    """A run's declared DP plan and its (epsilon, delta): planned, and spent so far."""
+
+    __tablename__ = "run_privacy"
+
+    run_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("runs.run_id", ondelete="CASCADE"), primary_key=True
+    )
+    plan: Mapped[str] = mapped_column(Text)  # canonical JSON of the plan's fields
+    unit: Mapped[str] = mapped_column(String(16))
+    delta: Mapped[float] = mapped_column(Double)
+    planned_epsilon: Mapped[float] = mapped_column(Double)
+    spent_epsilon: Mapped[float] = mapped_column(Double)
+    rounds_done: Mapped[int] = mapped_column(Integer)
+    updated_at: Mapped[float] = mapped_column(Double)

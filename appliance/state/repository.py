@@ -26,6 +26,8 @@ from pathlib import Path
 from appliance.state._artifacts import ArtifactStore
 from appliance.state._logs import LogStore
 from appliance.state._nodes import NodeStore
+from appliance.state._privacy import PrivacyStore
+from appliance.state._receipts import ReceiptStore
 from appliance.state._replies import ReplyStore
 from appliance.state._runs import RunStore
 from appliance.state._store import create_state_engine, parse_url
@@ -46,8 +48,8 @@ def default_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / DEFAULT_DB_NAME}"
 
 
-class State(NodeStore, RunStore, ReplyStore, LogStore, ArtifactStore):
-    """The SuperLink's state: nodes, runs, bundles, messages, run logs, events.
+class State(NodeStore, RunStore, ReplyStore, LogStore, ArtifactStore, ReceiptStore, PrivacyStore):
+    """The SuperLink's state: nodes, runs, bundles, messages, run logs, events, receipts.
 
     Create it with :meth:`State.open`, not the constructor.
     """

@@ -28,8 +28,10 @@ __all__ = [
     "Node",
     "Recovery",
     "Run",
+    "RunPrivacy",
     "RunStatus",
     "StoredMessage",
+    "StoredReceipt",
     "check_sha256",
 ]
 
@@ -235,6 +237,38 @@ class Artifact:
     sha256: str
     size: int
     created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RunPrivacy:
+    """A run's DP plan (as declared) and its privacy spend: planned and so far."""
+
+    run_id: int
+    plan_json: str
+    unit: str  # "site-level" or "record-level"
+    delta: float
+    planned_epsilon: float
+    spent_epsilon: float
+    rounds_done: int
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StoredReceipt:
+    """A site's signed decision about a run, as the SuperLink received and verified it."""
+
+    run_id: int
+    node_id: int
+    node_name: str
+    decision: str  # accepted, refused, pending
+    manifest_sha256: str
+    policy_sha256: str
+    reason: str
+    decided_by: str
+    signed_at: float  # the signature envelope's time
+    received_at: float
+    body: bytes  # the receipt's canonical JSON, as signed
+    signature: bytes  # the node's envelope over ``body``
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

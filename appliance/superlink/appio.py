@@ -23,6 +23,7 @@ from appliance.state import BlobRef, State, StoredMessage
 from appliance.strategy.checkpoint import METRICS, check_artifact_name
 from appliance.superlink.appio_grid import TOKEN_HEADER
 from appliance.superlink.hub import Hub
+from appliance.superlink.privacy import PrivacyTracker
 from appliance.superlink.runs import RunLauncher
 from appliance.wire import decode_metadata, encode_metadata
 
@@ -45,8 +46,10 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         *,
         max_message_bytes: int,
         on_offline_destination: Callable[[int], None],
+        privacy: PrivacyTracker,
     ) -> None:
         self._state = state
+        self._privacy = privacy
         self._hub = hub
         self._launcher = launcher
         self._on_offline_destination = on_offline_destination
@@ -190,6 +193,9 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
                 self._rounds_audited[run_id] = new[-1]
         for server_round in new:
             self._state.record_round(run_id, str(server_round))
+        if new:
+            run_config = json.loads(self._state.get_run(run_id).run_config_json or "{}")
+            self._privacy.rounds_done(run_id, run_config, new[-1])
 
     def Finish(self, request: pb.FinishRequest, context: grpc.ServicerContext) -> pb.FinishResponse:
         run_id = self._run_id(context)

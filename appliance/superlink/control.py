@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 
 import grpc
@@ -19,12 +19,14 @@ from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES
 from appliance.logs import get_logger
 from appliance.proto import control_pb2 as pb
 from appliance.proto import control_pb2_grpc
-from appliance.state import Node, Run, RunStatus, State
+from appliance.state import Node, Run, RunPrivacy, RunStatus, State, StoredReceipt
 from appliance.superlink.audit_trail import actor_of
+from appliance.superlink.privacy import PrivacyTracker
 from appliance.superlink.runs import RunLauncher
 from certs.grpc_auth import identity_from_context
 from certs.identity import Identity
 from certs.roles import Role
+from dp.errors import DPError
 
 __all__ = ["ControlServicer", "NodeCertificateCheck"]
 
@@ -35,7 +37,28 @@ _READ_ALL = frozenset({Role.AUDITOR, Role.FEDERATION_ADMIN})
 _LOG_FOLLOW_INTERVAL_S = 0.2
 
 
-def _run_info(run: Run) -> pb.RunInfo:
+def _receipt_info(receipt: StoredReceipt) -> pb.ReceiptInfo:
+    return pb.ReceiptInfo(
+        node=receipt.node_name, decision=receipt.decision,
+        manifest_sha256=receipt.manifest_sha256, policy_sha256=receipt.policy_sha256,
+        reason=receipt.reason, decided_by=receipt.decided_by, signed_at=receipt.signed_at,
+        receipt=receipt.body, signature=receipt.signature,
+    )  # fmt: skip
+
+
+def _privacy_info(privacy: RunPrivacy | None) -> pb.RunPrivacyInfo | None:
+    if privacy is None:
+        return None
+    return pb.RunPrivacyInfo(
+        plan_json=privacy.plan_json, unit=privacy.unit, delta=privacy.delta,
+        planned_epsilon=privacy.planned_epsilon, spent_epsilon=privacy.spent_epsilon,
+        rounds_done=privacy.rounds_done,
+    )  # fmt: skip
+
+
+def _run_info(
+    run: Run, receipts: Sequence[StoredReceipt] = (), privacy: RunPrivacy | None = None
+) -> pb.RunInfo:
     return pb.RunInfo(
         run_id=run.run_id,
         owner=run.owner,
@@ -46,6 +69,8 @@ def _run_info(run: Run) -> pb.RunInfo:
         started_at=run.started_at or 0.0,
         finished_at=run.finished_at or 0.0,
         run_config_json=run.run_config_json,
+        receipts=[_receipt_info(r) for r in receipts],
+        privacy=_privacy_info(privacy),
     )
 
 
@@ -83,9 +108,11 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         *,
         check_node_certificate: NodeCertificateCheck,
         audit_log: audit.AuditLog,
+        privacy: PrivacyTracker,
         max_bundle_bytes: int = DEFAULT_MAX_BUNDLE_BYTES,
     ) -> None:
         self._state = state
+        self._privacy = privacy
         self._launcher = launcher
         self._check_node_certificate = check_node_certificate
         self._audit_source = audit.DatabaseSource(audit_log.engine, name="the SuperLink")
@@ -109,8 +136,9 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         head = first.head
         try:
             run_config = _parse_run_config(head.run_config_json)
-        except ValueError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            plan = self._privacy.check(run_config)
+        except (ValueError, DPError) as exc:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"run refused: {exc}")
         bundle = self._state.put_bundle(
             (chunk.data for chunk in request_iterator), max_bytes=self._max_bundle_bytes
         )
@@ -120,12 +148,16 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
                 f"bundle arrived with SHA-256 {bundle.sha256}, "
                 f"the head declared {head.bundle_sha256}",
             )
-        options = {"app_name": head.app_name, "app_version": head.app_version}
+        options: dict[str, object] = {"app_name": head.app_name, "app_version": head.app_version}
+        if plan is not None:
+            options["dp_plan"] = plan.describe()
         run = self._state.create_run(
             identity.name, bundle.sha256, run_config, options, actor=actor_of(identity)
         )
         _log.info("run submitted", run_id=run.run_id, owner=identity.name, bundle=bundle.sha256)
         try:
+            if plan is not None:
+                self._privacy.started(run.run_id, plan)
             self._launcher.start(run.run_id)
         except Exception as exc:
             self._state.transition_run(run.run_id, RunStatus.FAILED, f"could not start: {exc}")
@@ -137,10 +169,14 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     ) -> pb.ListRunsResponse:
         identity = identity_from_context(context)
         if request.run_id:
-            _, run = self._visible_run(request.run_id, context)
-            return pb.ListRunsResponse(runs=[_run_info(run)])
-        owner = None if identity.role in _READ_ALL else identity.name
-        return pb.ListRunsResponse(runs=[_run_info(r) for r in self._state.list_runs(owner)])
+            runs = [self._visible_run(request.run_id, context)[1]]
+        else:
+            runs = self._state.list_runs(None if identity.role in _READ_ALL else identity.name)
+        ids = [run.run_id for run in runs]
+        receipts, privacy = self._state.receipts_by_run(ids), self._state.run_privacy(ids)
+        return pb.ListRunsResponse(
+            runs=[_run_info(r, receipts.get(r.run_id, ()), privacy.get(r.run_id)) for r in runs]
+        )
 
     def StreamLogs(
         self, request: pb.StreamLogsRequest, context: grpc.ServicerContext

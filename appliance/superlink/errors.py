@@ -16,11 +16,13 @@ import grpc
 
 from appliance.bundle import BundleError
 from appliance.logs import get_logger
+from appliance.receipts import ReceiptInvalid
 from appliance.state import errors as state_errors
 from appliance.strategy.checkpoint import CheckpointError
 from appliance.transport import TransportError
 from appliance.wire import WireError
 from certs.errors import CertError, CertificateInvalid, MalformedEnvelope, SignatureError
+from dp.errors import DPError
 
 __all__ = ["CATALOG", "ErrorTranslator", "status_for_exception"]
 
@@ -32,6 +34,8 @@ CATALOG: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (TransportError, grpc.StatusCode.INVALID_ARGUMENT),
     (BundleError, grpc.StatusCode.INVALID_ARGUMENT),
     (CheckpointError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ReceiptInvalid, grpc.StatusCode.INVALID_ARGUMENT),
+    (DPError, grpc.StatusCode.INVALID_ARGUMENT),
     (state_errors.BlobTooLarge, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (state_errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (state_errors.NotAddressedToNode, grpc.StatusCode.PERMISSION_DENIED),

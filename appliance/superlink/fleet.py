@@ -25,7 +25,8 @@ from appliance.logs import get_logger
 from appliance.message import SERVER_NODE_ID
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto import fleet_pb2_grpc
-from appliance.state import BlobRef, Node, State
+from appliance.receipts import RECEIPT_SIGNATURE_METHOD, Decision, Receipt, RunManifest
+from appliance.state import BlobRef, LogStream, Node, State, StoredReceipt
 from appliance.superlink.audit_trail import SuperLinkAudit, actor_of
 from appliance.superlink.hub import Hub
 from appliance.transport import REPLY_SIGNATURE_METHOD, reply_digest, witness_key_name
@@ -248,6 +249,49 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         _log.info("tree head cosigned", node=node.name, witness=witness, size=request.tree_size)
         return pb.CosignResponse()
 
+    def SendReceipt(
+        self, request: pb.ReceiptRequest, context: grpc.ServicerContext
+    ) -> pb.ReceiptResponse:
+        """Verify and keep a site's signed decision about a run; tell the run's log."""
+        identity, node = self._caller(context)
+        receipt = Receipt.from_bytes(request.receipt)
+        if identity.signing_key is None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "no signing key bound to this node")
+        envelope = SignedEnvelope.parse(request.signature)
+        self._verifier.verify(  # fresh and never seen: an old receipt cannot be replayed
+            envelope,
+            kind=EnvelopeKind.RECEIPT,
+            method=RECEIPT_SIGNATURE_METHOD,
+            body=request.receipt,
+            signing_key=identity.signing_key,
+        )
+        if receipt.node != node.name:
+            context.abort(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"node {node.name!r} may send receipts only in its own name, not {receipt.node!r}",
+            )
+        run = self._state.get_run(receipt.run_id)
+        manifest = RunManifest(
+            run_id=run.run_id, bundle_sha256=run.bundle_sha256, run_config_json=run.run_config_json
+        )
+        if receipt.manifest_sha256 != manifest.sha256:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"receipt names manifest {receipt.manifest_sha256[:16]}..., but run "
+                f"{run.run_id}'s manifest is {manifest.sha256[:16]}...",
+            )
+        stored = StoredReceipt(
+            run_id=run.run_id, node_id=node.node_id, node_name=node.name,
+            decision=receipt.decision.value, manifest_sha256=receipt.manifest_sha256,
+            policy_sha256=receipt.policy_sha256, reason=receipt.reason,
+            decided_by=receipt.decided_by, signed_at=envelope.timestamp_ms / 1000,
+            received_at=0.0, body=request.receipt, signature=request.signature,
+        )  # fmt: skip
+        self._state.put_receipt(stored, actor=actor_of(identity))
+        self._state.append_log(run.run_id, LogStream.SYSTEM, _receipt_line(receipt))
+        _log.info("receipt", run_id=run.run_id, node=node.name, decision=receipt.decision.value)
+        return pb.ReceiptResponse()
+
     def GetBundle(
         self, request: pb.GetBundleRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.BundleChunk]:
@@ -261,3 +305,13 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         yield pb.BundleChunk(head=pb.BundleHead(sha256=bundle.sha256, size=bundle.size))
         for chunk in self._state.open_bundle(bundle.sha256):
             yield pb.BundleChunk(data=chunk)
+
+
+def _receipt_line(receipt: Receipt) -> str:
+    """What the data scientist reads in ``greenhouse log`` about a site's decision."""
+    if receipt.decision is Decision.PENDING:
+        return f"waiting for approval from {receipt.node}"
+    by = f" ({receipt.decided_by})" if receipt.decided_by else ""
+    if receipt.decision is Decision.ACCEPTED:
+        return f"{receipt.node} accepted the run{by}"
+    return f"{receipt.node} refused the run{by}: {receipt.reason}"

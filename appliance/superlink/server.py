@@ -36,6 +36,7 @@ from appliance.superlink.control import ControlServicer
 from appliance.superlink.errors import ErrorTranslator
 from appliance.superlink.fleet import FleetServicer
 from appliance.superlink.hub import Hub
+from appliance.superlink.privacy import PrivacyTracker
 from appliance.superlink.runs import RunLauncher
 from certs import (
     AuthInterceptor,
@@ -69,7 +70,15 @@ _FLEET = "/greenhouse.fleet.v1.Fleet/"
 _CONTROL = "/greenhouse.control.v1.Control/"
 FLEET_METHODS = {
     _FLEET + name: allow(Role.NODE)
-    for name in ("Hello", "Subscribe", "PullMessage", "PushReply", "GetBundle", "Cosign")
+    for name in (
+        "Hello",
+        "Subscribe",
+        "PullMessage",
+        "PushReply",
+        "GetBundle",
+        "Cosign",
+        "SendReceipt",
+    )
 }
 _READERS = (Role.DATA_SCIENTIST, Role.AUDITOR, Role.FEDERATION_ADMIN)
 CONTROL_METHODS = {
@@ -249,6 +258,7 @@ class SuperLink:
         cfg = self.config
         appio = self._server("appio")
         self.appio_port = appio.add_insecure_port(f"{cfg.appio_host}:0")
+        self.privacy = PrivacyTracker(self.state)
         self.launcher = RunLauncher(
             self.state,
             self.hub,
@@ -264,6 +274,7 @@ class SuperLink:
                 self.launcher,
                 max_message_bytes=cfg.max_message_bytes,
                 on_offline_destination=self._node_went_offline,
+                privacy=self.privacy,
             ),
             appio,
         )
@@ -291,6 +302,7 @@ class SuperLink:
                 self.launcher,
                 check_node_certificate=self._check_node_certificate,
                 audit_log=self.audit.log,
+                privacy=self.privacy,
             ),
             control,
         )
@@ -363,6 +375,8 @@ class SuperLink:
             self.launcher.shutdown()
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
+        if hasattr(self, "privacy"):
+            self.privacy.close()
         try:
             self.audit.close()
         except Exception:

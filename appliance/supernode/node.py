@@ -17,7 +17,7 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -36,17 +36,23 @@ from appliance.logs import get_logger
 from appliance.message import Error, ErrorCode, Message
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto.fleet_pb2_grpc import FleetStub
+from appliance.receipts import Decision, Receipt, RunManifest
+from appliance.supernode.approvals import ApprovalBook, ApprovalState
+from appliance.supernode.budget import Charge, SiteBudget
 from appliance.supernode.clientapp_runner import ClientAppProcess
-from appliance.supernode.limits import check_network_isolation, grant_cpu_seconds
+from appliance.supernode.limits import LimitError, check_network_isolation, grant_cpu_seconds
 from appliance.supernode.policy import (
+    ApprovalMode,
     EgressRefused,
     Network,
+    PolicyError,
     PolicyRefused,
     SitePolicy,
     admit_bundle,
     admit_message,
     check_data_path,
     host_mods,
+    load_policy,
     refusal_reply,
     resource_limits,
     verify_egress,
@@ -61,12 +67,15 @@ from certs.roles import Role
 from certs.signing import EnvelopeKind, EnvelopeSigner
 from certs.unsafe_dev import UnsafeIdentityHeader
 from certs.verify import expiry_warning
-from secagg import make_secagg_mod
+from dp.errors import LedgerError
+from secagg import CredentialsSource, make_secagg_mod
 
 __all__ = ["SuperNode", "SuperNodeConfig"]
 
 _log = get_logger("appliance.supernode")
 VERSION = "1"
+#: How often the node looks for the site administrator's decisions while runs wait.
+APPROVAL_POLL_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,8 @@ class SuperNodeConfig:
     crl: Path | None = None
     #: The site policy (``site.toml``); ``None`` runs every app and lets every reply out.
     policy: SitePolicy | None = None
+    #: Where ``policy`` came from: re-read on :meth:`SuperNode.request_reload` (SIGHUP).
+    policy_path: Path | None = None
     #: The SuperLink's audit verifier key; ``None``: trusted on first contact and pinned.
     superlink_audit_key: VerifierKey | None = None
     #: DEVELOPMENT ONLY: plain TCP, the node claims ``unsafe_name``, replies unsigned.
@@ -104,6 +115,20 @@ class _Run:
     process: ClientAppProcess | None = None
     host_context: Context | None = None  # one per run: host mods keep state in it
     lock: threading.Lock = field(default_factory=threading.Lock)
+    decision: Decision | None = None  # the site's decision; None until taken
+    refusal: PolicyRefused | None = None  # why, when refused
+    pending_sent: bool = False  # the "waiting for approval" receipt went out
+    charge: Charge | None = None  # what the run costs this site's privacy budget
+    charged_rounds: set[str] = field(default_factory=set)  # group ids already booked
+    parked: list[_Pulled] = field(default_factory=list)  # messages waiting for approval
+
+
+@dataclass(frozen=True)
+class _Enforced:
+    """The site policy in force and the host mods built from it (swapped together)."""
+
+    policy: SitePolicy | None
+    mods: list[Mod]
 
 
 @dataclass(frozen=True)
@@ -144,7 +169,9 @@ class SuperNode:
             self._channel = grpc.intercept_channel(channel, SigningInterceptor(key))
             self._signer = EnvelopeSigner(key)
         self._raw_channel = channel
-        self._host_mods = self._make_host_mods(config)
+        self._secagg = self._secagg_credentials(config)
+        self._enforced = self._enforce(config.policy)
+        self._reload = threading.Event()
         self._stub = FleetStub(self._channel)
         self._stopping = threading.Event()
         self._runs: dict[int, _Run] = {}
@@ -153,33 +180,52 @@ class SuperNode:
         self._subscription: grpc.Future | None = None
         self.node_id = 0
         self._site_audit: SiteAudit | None = None
+        self.node_name = ""
+        self._approvals = ApprovalBook(config.data_dir)
+        self._budget = SiteBudget(config.data_dir)
+        self._budget.configure(config.policy)
+        self._approval_watch = threading.Thread(
+            target=self._watch_approvals, name="approvals", daemon=True
+        )
+        self._on_connection: Callable[[bool], None] = lambda _connected: None
         config.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
-    def _make_host_mods(self, config: SuperNodeConfig) -> list[Mod]:
-        """Mods the SuperNode runs itself around the ClientApp process, whatever the app says."""
-        credentials = None
-        if not config.unsafe_insecure:  # insecure: no keys, SecAgg+ rounds fail at setup
-            assert config.ca_certificate
-            assert config.certificate
-            assert config.signing_key
-            credentials = secagg_credentials(
-                ca_certificate=config.ca_certificate,
-                certificate=config.certificate,
-                signing_key=config.signing_key,
-                crl=config.crl,
-            )
-        self._host_secagg = credentials is not None
-        if config.policy is None:
+    @staticmethod
+    def _secagg_credentials(config: SuperNodeConfig) -> CredentialsSource | None:
+        if config.unsafe_insecure:  # insecure: no keys, SecAgg+ rounds fail at setup
+            return None
+        assert config.ca_certificate
+        assert config.certificate
+        assert config.signing_key
+        return secagg_credentials(
+            ca_certificate=config.ca_certificate,
+            certificate=config.certificate,
+            signing_key=config.signing_key,
+            crl=config.crl,
+        )
+
+    def _enforce(self, policy: SitePolicy | None) -> _Enforced:
+        """The policy with the mods the SuperNode runs around the ClientApp, whatever the
+        app says (SecAgg+, DP), built from it."""
+        credentials = self._secagg
+        if policy is None:
             _log.warning(
                 "no site policy (--policy site.toml): every app may run here and every reply "
                 "may leave; use only for development"
             )
-            return [make_secagg_mod(credentials)] if credentials else []
-        policy = config.policy
+            return _Enforced(None, [make_secagg_mod(credentials)] if credentials else [])
         _log.info("site policy loaded", policy_hash=policy.policy_hash)
         for problem in check_data_path(policy):
             _log.warning("site data path", problem=problem)
-        return host_mods(policy, secagg_credentials=credentials)
+        return _Enforced(policy, host_mods(policy, secagg_credentials=credentials))
+
+    @property
+    def _policy(self) -> SitePolicy | None:
+        return self._enforced.policy
+
+    @property
+    def _host_secagg(self) -> bool:
+        return self._secagg is not None
 
     @staticmethod
     def _secure_channel(
@@ -203,8 +249,15 @@ class SuperNode:
 
     # -- main loop -----------------------------------------------------------------------
 
-    def run(self) -> None:
-        """Serve until :meth:`stop`: connect, subscribe, reconnect with backoff."""
+    def run(self, on_connection: Callable[[bool], None] | None = None) -> None:
+        """Serve until :meth:`stop`: connect, subscribe, reconnect with backoff.
+
+        ``on_connection(True)`` once subscribed after a Hello, ``(False)`` when the
+        session ends (reconnecting or stopping): a health service's SERVING switch.
+        """
+        if on_connection is not None:
+            self._on_connection = on_connection
+        self._approval_watch.start()
         retrying = Retrying(
             retry=retry_if_exception_type(grpc.RpcError),
             wait=wait_random_exponential(multiplier=0.2, max=self.config.max_backoff_s),
@@ -219,7 +272,10 @@ class SuperNode:
         try:
             for attempt in retrying:
                 with attempt:
-                    self._session()
+                    try:
+                        self._session()
+                    finally:
+                        self._on_connection(False)
                     if not self._stopping.is_set():
                         raise _StreamEnded
         except Exception as exc:
@@ -232,6 +288,7 @@ class SuperNode:
     def _session(self) -> None:
         hello = self._stub.Hello(pb.HelloRequest(version=VERSION), timeout=30)
         self.node_id = hello.node_id
+        self.node_name = hello.node_name
         _log.info("connected", node_id=hello.node_id, node=hello.node_name)
         if self._site_audit is None:  # raises TreeHeadRefused on a foreign audit key: stop
             self._site_audit = SiteAudit(
@@ -242,6 +299,7 @@ class SuperNode:
             )
         stream = self._stub.Subscribe(pb.SubscribeRequest())
         self._subscription = stream
+        self._on_connection(True)
         for event in stream:
             if self._stopping.is_set():
                 break
@@ -260,6 +318,9 @@ class SuperNode:
             self._subscription.cancel()
 
     def _shutdown(self) -> None:
+        self._stopping.set()  # also when run() ends on an error: the watcher must stop
+        if self._approval_watch.is_alive():
+            self._approval_watch.join()
         self._workers.shutdown(wait=True, cancel_futures=True)
         with self._runs_lock:
             runs = list(self._runs)
@@ -271,6 +332,8 @@ class SuperNode:
             except Exception:
                 _log.exception("final site audit tree head not signed")
         self._raw_channel.close()
+        self._approvals.close()
+        self._budget.close_ledger()
 
     # -- one message ---------------------------------------------------------------------
 
@@ -325,18 +388,26 @@ class SuperNode:
     def _handle(self, message_id: str, run_id: int) -> None:
         site = self._site_audit
         assert site is not None, "messages arrive only after Hello"
-        pulled = self._pull(message_id, site)
+        self._process(self._pull(message_id, site), site)
+
+    def _process(self, pulled: _Pulled, site: SiteAudit, *, resumed: bool = False) -> None:
+        """Answer one pulled message (``resumed``: it waited for approval and is witnessed)."""
         message, run_context = pulled.message, pulled.head.run
         run = self._run(run_context)
-        policy = self.config.policy
+        policy = self._policy
         with run.lock:
             try:
-                self._witness(site, pulled)
+                if not resumed:
+                    self._witness(site, pulled)
+                elif _expired(message):
+                    _log.warning("message expired while waiting", run_id=run.run_id)
+                    return
                 if policy is not None:
                     admit_message(policy, message)
-                    if run.process is None:  # before a byte of the app is fetched or run
-                        admitted = admit_bundle(policy, run_context.bundle_sha256)
-                        _log.info("bundle admitted", run_id=run.run_id, via=admitted.via.value)
+                if not self._admit_run(run, run_context, site):
+                    run.parked.append(pulled)  # answered once the site administrator decides
+                    _log.info("message waits for approval", run_id=run.run_id)
+                    return
                 site.received(
                     message,
                     node_id=self.node_id,
@@ -346,6 +417,7 @@ class SuperNode:
                 if run.process is None:
                     run.process = self._start_clientapp(run, run_context)
                 process = run.process
+                self._charge_round(run, message, site)
             except TreeHeadRefused as exc:
                 _log.error("SuperLink audit log refused", run_id=run.run_id, reason=str(exc))
                 site.refused(message, node_id=self.node_id, reason=str(exc))
@@ -362,13 +434,215 @@ class SuperNode:
                 reply = self._call(process, message, run, run_context)
         self._push(message, reply)
 
+    # -- the site's decision about a run -------------------------------------------------
+
+    def _admit_run(self, run: _Run, context: pb.RunContext, site: SiteAudit) -> bool:
+        """Decide (once) whether this site takes part in the run; ``False``: still pending.
+
+        The decision is recorded in the site log and sent as a signed receipt.
+
+        Raises:
+            PolicyRefused: the run is refused (now or earlier).
+        """
+        if run.decision is Decision.ACCEPTED:
+            return True
+        if run.refusal is not None:
+            raise run.refusal
+        policy = self._policy
+        manifest = RunManifest(
+            run_id=context.run_id,
+            bundle_sha256=context.bundle_sha256,
+            run_config_json=context.run_config_json,
+        )
+        decided_by = ""
+        charge: Charge | None = None
+        try:
+            if policy is not None:  # before a byte of the app is fetched or run
+                admitted = admit_bundle(policy, context.bundle_sha256)
+                _log.info("bundle admitted", run_id=run.run_id, via=admitted.via.value)
+                charge = self._budget.plan(policy, run.run_id, context.run_config_json)
+                if policy.approval.mode is ApprovalMode.MANUAL:
+                    approval = self._approvals.request(manifest, self._policy_sha256())
+                    if approval.state is ApprovalState.PENDING:
+                        if not run.pending_sent:
+                            run.pending_sent = True
+                            _log.warning("run waits for approval", run_id=run.run_id)
+                            self._send_receipt(manifest, Decision.PENDING)
+                        return False
+                    decided_by = approval.decided_by
+                    if approval.state is not ApprovalState.APPROVED:
+                        raise PolicyRefused(
+                            "approval.mode",
+                            f"the site administrator refused run {run.run_id}: {approval.reason}",
+                        )
+                if charge is not None:
+                    self._budget.reserve(run.run_id, charge)
+                    _log.info(
+                        "privacy budget reserved", run_id=run.run_id, planned=str(charge.planned)
+                    )
+        except PolicyRefused as exc:
+            run.decision, run.refusal = Decision.REFUSED, exc
+            self._record_decision(run, manifest, site, reason=str(exc), decided_by=decided_by)
+            raise
+        run.decision, run.charge = Decision.ACCEPTED, charge
+        self._record_decision(run, manifest, site, reason="", decided_by=decided_by)
+        return True
+
+    def _policy_sha256(self) -> str:
+        """Hex SHA-256 of the site policy in force ("" without one)."""
+        policy = self._policy
+        return policy.policy_hash.removeprefix("sha256:") if policy is not None else ""
+
+    def _record_decision(
+        self, run: _Run, manifest: RunManifest, site: SiteAudit, *, reason: str, decided_by: str
+    ) -> None:
+        site.decided(
+            run.run_id,
+            node_id=self.node_id,
+            accepted=run.decision is Decision.ACCEPTED,
+            manifest_sha256=manifest.sha256,
+            policy_sha256=self._policy_sha256(),
+            reason=reason,
+            decided_by=decided_by,
+        )
+        assert run.decision is not None
+        self._send_receipt(manifest, run.decision, reason=reason, decided_by=decided_by)
+
+    def _send_receipt(
+        self, manifest: RunManifest, decision: Decision, *, reason: str = "", decided_by: str = ""
+    ) -> None:
+        """Sign and send the site's receipt (a failure is logged: the site log holds it)."""
+        if self._signer is None:  # insecure development mode: nothing to sign with
+            return
+        receipt = Receipt(
+            run_id=manifest.run_id,
+            node=self.node_name,
+            decision=decision,
+            manifest_sha256=manifest.sha256,
+            policy_sha256=self._policy_sha256(),
+            reason=reason,
+            decided_by=decided_by,
+        )
+        signed = receipt.sign(self._signer)
+        try:
+            self._stub.SendReceipt(
+                pb.ReceiptRequest(receipt=signed.body, signature=signed.signature), timeout=30
+            )
+        except grpc.RpcError as exc:
+            _log.warning("receipt not delivered", run_id=manifest.run_id, error=_describe(exc))
+
+    def request_reload(self) -> None:
+        """Re-read the site policy soon (safe from a signal handler: only sets a flag)."""
+        self._reload.set()
+
+    def _reload_policy(self) -> None:
+        """Swap in the policy file's current content, or keep the old one if it is invalid.
+
+        Runs already accepted are decided again at their next message, under the new
+        policy (and with a new receipt naming it). ClientApp processes already running
+        keep the resource limits they started with.
+        """
+        path = self.config.policy_path
+        if path is None:
+            _log.warning("SIGHUP: no --policy file to reload")
+            return
+        old = self._policy.policy_hash if self._policy else ""
+        try:
+            policy = load_policy(path)
+            if policy.execution.network is Network.NONE:
+                check_network_isolation()
+            enforced = self._enforce(policy)
+        except (PolicyError, LimitError) as exc:
+            _log.error("site policy NOT reloaded; the previous one stays", error=str(exc))
+            self._record_reload(old, old, error=str(exc))
+            return
+        self._enforced = enforced
+        self._budget.configure(policy)
+        with self._runs_lock:
+            runs = list(self._runs.values())
+        for run in runs:
+            with run.lock:
+                if run.decision is not None:
+                    run.decision, run.refusal = None, None
+        _log.warning("site policy reloaded", previous=old, policy_hash=policy.policy_hash)
+        self._record_reload(old, policy.policy_hash)
+
+    def _record_reload(self, old: str, new: str, *, error: str = "") -> None:
+        if self._site_audit is None:  # before the first Hello: the start-up log says it
+            return
+        try:
+            self._site_audit.policy_reloaded(old, new, error=error)
+        except Exception:
+            _log.exception("policy reload not written to the site audit log")
+
+    def _charge_round(self, run: _Run, message: Message, site: SiteAudit) -> None:
+        """Book a training round in the privacy ledger before the ClientApp touches data.
+
+        Raises:
+            PolicyRefused: the round does not fit the run's reservation (or the ledger
+                refused it): the round does not run.
+        """
+        meta = message.metadata
+        if run.charge is None or meta.message_type != "train":
+            return
+        if meta.group_id in run.charged_rounds:  # later SecAgg+ stages of the same round
+            return
+        try:
+            server_round = int(meta.group_id)
+        except ValueError:
+            server_round = len(run.charged_rounds) + 1
+        try:
+            spent = self._budget.charge_round(
+                run.run_id, run.charge, server_round, len(run.charged_rounds) + 1
+            )
+        except LedgerError as exc:
+            raise PolicyRefused(
+                "privacy", f"the privacy ledger refused this round: {exc}"
+            ) from None
+        run.charged_rounds.add(meta.group_id)
+        site.budget_spent(
+            run.run_id, node_id=self.node_id, dataset=self._budget.dataset, spend=spent,
+            server_round=server_round,
+        )  # fmt: skip
+
+    def _watch_approvals(self) -> None:
+        """Housekeeping: apply a requested policy reload; resume parked messages once the
+        site administrator has decided (polls the approval book)."""
+        while not self._stopping.wait(APPROVAL_POLL_S):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._reload_policy()
+            with self._runs_lock:
+                waiting = [run for run in self._runs.values() if run.parked]
+            for run in waiting:
+                try:
+                    approval = self._approvals.get(run.run_id)
+                except ApplianceError as exc:
+                    _log.error("approval book unreadable", error=str(exc))
+                    continue
+                if approval is not None and approval.decided:
+                    self._workers.submit(self._resume, run)
+
+    def _resume(self, run: _Run) -> None:
+        with run.lock:
+            parked, run.parked = run.parked, []
+        site = self._site_audit
+        assert site is not None
+        for pulled in parked:
+            try:
+                self._process(pulled, site, resumed=True)
+            except grpc.RpcError as exc:
+                _log.warning("message not handled", run_id=run.run_id, error=_describe(exc))
+            except Exception:
+                _log.exception("message not handled", run_id=run.run_id)
+
     def _call(
         self, process: ClientAppProcess, message: Message, run: _Run, context: pb.RunContext
     ) -> Message:
         """The ClientApp's answer, through the SuperNode's own mods (SecAgg+, DP)."""
         wall_s = self.config.clientapp_timeout_s
-        if self.config.policy is not None:
-            wall_s = min(wall_s, float(self.config.policy.execution.wall_seconds))
+        if self._policy is not None:
+            wall_s = min(wall_s, float(self._policy.execution.wall_seconds))
 
         def clientapp(msg: Message, _ctx: Context) -> Message:
             return process.handle(msg, timeout_s=wall_s)
@@ -381,7 +655,7 @@ class SuperNode:
                 run_config=json.loads(context.run_config_json or "{}"),
             )
         try:
-            return wrap_with_mods(self._host_mods, clientapp)(message, run.host_context)
+            return wrap_with_mods(self._enforced.mods, clientapp)(message, run.host_context)
         except Exception as exc:
             _log.exception("a node mod failed", message_type=message.metadata.message_type)
             reason = f"node mod failed: {type(exc).__name__}: {exc}"
@@ -389,7 +663,7 @@ class SuperNode:
 
     def _egress(self, request: Message, reply: Message) -> tuple[Message, bytes]:
         """What may leave: the checked reply and its frame (or a refusal in its place)."""
-        policy = self.config.policy
+        policy = self._policy
         if policy is None:
             return reply, b"" if reply.has_error() else encode_record_dict(reply.content)
         try:
@@ -490,7 +764,7 @@ class SuperNode:
 
     def _limits(self) -> dict[str, Any]:
         """Resource limits of ``[execution]`` for a ClientApp process (none without a policy)."""
-        policy = self.config.policy
+        policy = self._policy
         if policy is None:
             return {}
         cpu_seconds = policy.execution.cpu_seconds
@@ -504,11 +778,21 @@ class SuperNode:
             run = self._runs.pop(run_id, None)
         if run is None:
             return
+        if run.parked:
+            _log.info("run ended before approval", run_id=run_id, waiting=len(run.parked))
+            self._approvals.withdraw(run_id)
+        if run.charge is not None:
+            self._budget.close(run_id, run.charge)
         with run.lock:
             if run.process is not None:
                 run.process.stop()
         shutil.rmtree(run.directory, ignore_errors=True)
         _log.info("run ended", run_id=run_id)
+
+
+def _expired(message: Message) -> bool:
+    meta = message.metadata
+    return meta.created_at + meta.ttl < time.time()
 
 
 class _StreamEnded(grpc.RpcError):

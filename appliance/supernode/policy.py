@@ -171,6 +171,11 @@ class PrivacyPolicy:
     local_delta: float | None = None
     max_epsilon_per_run: float | None = None
     max_epsilon_total: float | None = None
+    #: Record-level caps (DP-SGD inside the site), kept apart from the site-level ones.
+    max_record_epsilon_per_run: float | None = None
+    max_record_epsilon_total: float | None = None
+    #: The name the ledger keeps this site's data under.
+    dataset: str = "default"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -296,6 +301,12 @@ def _digests(value: object) -> frozenset[str]:
     return frozenset(digests)
 
 
+def _dataset_name(value: object) -> str:
+    if not isinstance(value, str) or not 0 < len(value) <= 128 or not value.isprintable():
+        raise _Invalid("a printable name of 1..128 characters")
+    return value
+
+
 def _absolute_path(value: object) -> str:
     if not isinstance(value, str) or not os.path.isabs(value):
         raise _Invalid("an absolute path")
@@ -313,6 +324,9 @@ _SCHEMA: dict[str, dict[str, _Parser]] = {
         "local_delta": _probability,
         "max_epsilon_per_run": _positive_number,
         "max_epsilon_total": _positive_number,
+        "max_record_epsilon_per_run": _positive_number,
+        "max_record_epsilon_total": _positive_number,
+        "dataset": _dataset_name,
     },
     "egress": {
         "max_reply_bytes": _integer(1, 2**31),
@@ -402,6 +416,16 @@ def _privacy(source: str, values: dict[str, Any]) -> PrivacyPolicy:
     per_run, total = values.get("max_epsilon_per_run"), values.get("max_epsilon_total")
     if per_run is not None and total is not None and per_run > total:
         raise bad(f"max_epsilon_per_run ({per_run:g}) exceeds max_epsilon_total ({total:g})")
+    if (per_run is None) != (total is None):
+        raise bad("max_epsilon_per_run and max_epsilon_total go together")
+    record = values.get("max_record_epsilon_per_run"), values.get("max_record_epsilon_total")
+    if (record[0] is None) != (record[1] is None):
+        raise bad("max_record_epsilon_per_run and max_record_epsilon_total go together")
+    if record[0] is not None and record[1] is not None and record[0] > record[1]:
+        raise bad(
+            f"max_record_epsilon_per_run ({record[0]:g}) exceeds "
+            f"max_record_epsilon_total ({record[1]:g})"
+        )
     per_round = values.get("local_epsilon_per_round")
     if per_round is not None and per_run is not None and per_round > per_run:
         raise bad(

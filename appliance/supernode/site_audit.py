@@ -34,6 +34,7 @@ from appliance.records import MetricRecord
 from appliance.transport import witness_key_name
 from audit.note import KeyType, parse_note
 from certs import load_or_create_signing_key
+from dp.spend import PrivacySpend
 
 __all__ = ["SiteAudit", "TreeHeadRefused"]
 
@@ -234,6 +235,54 @@ class SiteAudit:
                 "sha256": hashlib.sha256(frame).hexdigest(),
             },
         )
+
+    def decided(
+        self,
+        run_id: int,
+        *,
+        node_id: int,
+        accepted: bool,
+        manifest_sha256: str,
+        policy_sha256: str,
+        reason: str = "",
+        decided_by: str = "",
+    ) -> None:
+        """``run.approved`` / ``run.refused``: the site's decision about a run (its receipt).
+
+        The actor is the site administrator for a manual decision, else the system.
+        """
+        actor = audit.Actor(identity=decided_by, role="site-admin") if decided_by else audit.SYSTEM
+        self.log.append(
+            actor,
+            audit.Action.RUN_APPROVED if accepted else audit.Action.RUN_REFUSED,
+            {"run_id": str(run_id), "node": str(node_id)},
+            {"manifest_sha256": manifest_sha256, "policy_sha256": policy_sha256, "reason": reason},
+        )
+
+    def budget_spent(
+        self, run_id: int, *, node_id: int, dataset: str, spend: PrivacySpend, server_round: int
+    ) -> None:
+        """``budget.spent``: the run's cumulative spend on this site's data after a round
+        (written after the ledger committed it, before the ClientApp runs)."""
+        self.log.append(
+            audit.SYSTEM,
+            audit.Action.BUDGET_SPENT,
+            {"run_id": str(run_id), "node": str(node_id)},
+            {
+                "dataset": dataset,
+                "unit": spend.unit.value,
+                "epsilon": repr(spend.epsilon),  # audit details hold no floats
+                "delta": repr(spend.delta),
+                "round": server_round,
+            },
+        )
+
+    def policy_reloaded(self, previous: str, current: str, *, error: str = "") -> None:
+        """``policy.reloaded``: the site policy changed on SIGHUP (or stayed: ``error``)."""
+        details = {"previous_policy": previous, "policy": current}
+        if error:
+            details["error"] = error
+        self.log.append(audit.SYSTEM, audit.Action.POLICY_RELOADED, {}, details)
 
     def refused(self, message: Message, *, node_id: int, reason: str) -> None:
         """``policy.refused``: a message (or its reply) refused by the site."""

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from appliance import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordDict
+from dp import clip_update
+from dp.keys import CLIPPING_NORM
 from hospital import task
 
 app = ClientApp()
@@ -34,9 +36,10 @@ def train(msg: Message, ctx: Context) -> Message:
         proximal_mu=float(config.get("proximal-mu", 0.0)),  # set by FedProx
     )
     metrics = MetricRecord({"train-loss": loss, "num-examples": len(train_set.y)})
-    return Message(
-        RecordDict({"arrays": ArrayRecord(new_params), "metrics": metrics}), reply_to=msg
-    )
+    arrays = ArrayRecord(new_params)
+    if CLIPPING_NORM in config:  # central DP: the update leaves clipped to the server's norm
+        arrays = clip_update(arrays, msg.content["arrays"], float(config[CLIPPING_NORM])).arrays
+    return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 
 @app.evaluate()

@@ -25,6 +25,7 @@ import pytest
 from appliance.cli import main as cli_main
 from appliance.federation import ControlClient
 from appliance.federation import Federation as FederationConfig
+from certs import load_signing_key
 
 NODES = ("n1", "n2", "n3", "n4", "n5")
 USERS = {
@@ -64,6 +65,10 @@ class Pki:
 
     def signing_key(self, name: str) -> Path:
         return self.root / name / f"{name}-signing.key"
+
+    def signing_public_key(self, name: str) -> bytes:
+        """The raw Ed25519 key a receipt or reply of ``name`` verifies with."""
+        return load_signing_key(self.signing_key(name)).public_key().public_bytes_raw()
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +128,7 @@ class Federation:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start_superlink(self) -> None:
+    def start_superlink(self, extra: tuple[str, ...] = ()) -> None:
         args = [
             "superlink",
             "--ca",
@@ -147,6 +152,7 @@ class Federation:
         ]
         if self.database:
             args += ["--database", self.database]
+        args += extra
         before = self.log("superlink").count("superlink ready")
         self.superlink = self._spawn("superlink", *args)
         wait_for(

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
 import shutil
+import signal
 import textwrap
 from pathlib import Path
 
 import pytest
-from runtime_harness import APPS, Federation, start
+from runtime_harness import APPS, Federation, start, submitted_run, wait_for
 
 import audit
 from appliance.bundle import build_bundle
+from appliance.receipts import Decision, ReceiptInvalid, RunManifest, SignedReceipt
 from appliance.supernode.limits import LimitError, check_network_isolation
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -65,7 +69,9 @@ def test_a_bundle_not_on_the_allowlist_never_runs(federation: Federation):
         "alice", "run", str(app), "--federation", "test", "--run-config", "num-server-rounds=1"
     )
     assert code == 0, err
-    assert out.count("is not on this site's allowlist") == 2, out
+    assert out.count("failure: error reply 6: site policy apps.allow") == 2, out
+    # Each site's refusal is also a signed receipt the data scientist sees in the log.
+    assert out.count("refused the run: site policy apps.allow") == 2, out
     assert "final sum 0.0000" in out
     for node in ("n1", "n2"):
         assert not list((federation.root / f"node-{node}").rglob("MARKER"))
@@ -227,3 +233,156 @@ def test_network_none_leaves_the_clientapp_without_a_network(federation: Federat
     assert code == 0, err
     assert "the network is reachable" not in out, out
     assert "final sum 15.0000" in out, out  # both nodes trained (steps 1 and 2)
+
+
+def test_manual_approval_holds_the_run_and_every_decision_is_a_signed_receipt(
+    federation: Federation,
+):
+    policy = _policy(
+        federation.root / "site.toml",
+        allow=[build_bundle(PROBE).sha256],
+        extra='[approval]\nmode = "manual"\n',
+    )
+    start(federation, 2, policy)
+    code, out, err = federation.cli(
+        "alice", "run", str(PROBE), "--federation", "test", "--detach",
+        "--run-config", "num-server-rounds=1 min-nodes=1",
+    )  # fmt: skip
+    assert code == 0, err
+    run_id = submitted_run(out)
+
+    def listed() -> str:
+        return federation.cli("alice", "ls", "--federation", "test")[1]
+
+    wait_for(lambda: "waiting for approval from n1, n2" in listed(), 30, "both sites to wait")
+    node1, node2 = (str(federation.root / f"node-{n}") for n in ("n1", "n2"))
+    code, out, _ = federation.cli("admin", "pending", "--data-dir", node1)
+    assert code == 0 and f"run {run_id}" in out
+    manifest = re.search(r"manifest    sha256:([0-9a-f]{64})", out).group(1)
+    # Approving another manifest than the one reviewed is refused; nothing ran yet.
+    code, _, err = federation.cli(
+        "admin", "approve", str(run_id), "--data-dir", node1, "--manifest", "0" * 64
+    )
+    assert code == 1 and "manifest is" in err
+    assert not list((federation.root / "node-n1").rglob("client_app.py"))
+
+    assert federation.cli("admin", "approve", str(run_id), "--data-dir", node1,
+                          "--manifest", manifest)[0] == 0  # fmt: skip
+    assert federation.cli("admin", "refuse", str(run_id), "--data-dir", node2,
+                          "--reason", "not during the audit week")[0] == 0  # fmt: skip
+    status, _ = federation.wait_run("alice", run_id)
+    assert status == "finished"
+    code, log, _ = federation.cli("alice", "log", str(run_id), "--federation", "test")
+    assert "waiting for approval from n1" in log
+    assert "n1 accepted the run" in log
+    assert "n2 refused the run" in log and "not during the audit week" in log
+    assert "final sum 10.0000" in log  # only n1 (step 1) trained
+    assert federation.cli("admin", "approve", str(run_id), "--data-dir", node2)[0] == 1
+
+    # The receipts: pending then accepted / refused, each signed by the site's key.
+    with federation.client("alice") as client:
+        (info,) = client.runs(run_id)
+    decisions = [(r.node, r.decision) for r in info.receipts]
+    assert sorted(decisions) == sorted(
+        [("n1", "pending"), ("n2", "pending"), ("n1", "accepted"), ("n2", "refused")]
+    )
+    expected = RunManifest(
+        run_id=run_id, bundle_sha256=info.bundle_sha256, run_config_json=info.run_config_json
+    )
+    for stored in info.receipts:
+        key = federation.pki.signing_public_key(stored.node)
+        receipt, _ = SignedReceipt(stored.receipt, stored.signature).verify(key)
+        assert receipt.manifest_sha256 == expected.sha256 == manifest
+        flipped = "refused" if receipt.decision != "refused" else "accepted"
+        tampered = dataclasses.replace(receipt, decision=Decision(flipped)).to_bytes()
+        with pytest.raises(ReceiptInvalid, match="receipt signature refused"):
+            SignedReceipt(tampered, stored.signature).verify(key)
+    code, shown, _ = federation.cli("alice", "show", str(run_id), "--federation", "test")
+    assert code == 0 and "not during the audit week" in shown and "[" in shown
+
+    # Both sites' own logs hold the decision and who took it.
+    for node, action in (("n1", "run.approved"), ("n2", "run.refused")):
+        (entry,) = _site_log(federation, node, action)
+        assert entry["manifest_sha256"] == manifest
+    superlink = audit.open_source(federation.root / "superlink" / "state.db")
+    receipts = list(
+        superlink.entries(audit.EntryQuery(actions=frozenset({audit.Action.RECEIPT_RECEIVED})))
+    )
+    assert len(receipts) == 4
+
+
+def test_sighup_reloads_the_policy_and_an_invalid_file_keeps_the_old_one(
+    federation: Federation,
+):
+    site = federation.root / "site.toml"
+    _policy(site, allow=[build_bundle(PROBE).sha256])
+    start(federation, 1, site)
+
+    def run() -> str:
+        code, out, err = federation.cli(
+            "alice", "run", str(PROBE), "--federation", "test",
+            "--run-config", "num-server-rounds=1 min-nodes=1",
+        )  # fmt: skip
+        assert code == 0, err
+        return out
+
+    def reload(marker: str) -> None:
+        before = federation.log("node-n1").count(marker)
+        federation.nodes["n1"].send_signal(signal.SIGHUP)
+        wait_for(lambda: federation.log("node-n1").count(marker) > before, 30, marker)
+
+    assert "final sum 10.0000" in run()
+    site.write_text("[apps]\nallow = [\n")  # broken TOML: the node keeps its policy
+    reload("site policy NOT reloaded")
+    assert federation.nodes["n1"].poll() is None
+    assert "final sum 10.0000" in run()
+    _policy(site, allow=[])  # nothing may run any more
+    reload("site policy reloaded")
+    assert "is not on this site's allowlist" in run()
+    reloads = _site_log(federation, "n1", "policy.reloaded")
+    assert len(reloads) == 2
+    assert "error" in reloads[0] and reloads[0]["policy"] == reloads[0]["previous_policy"]
+    assert "error" not in reloads[1] and reloads[1]["policy"] != reloads[1]["previous_policy"]
+
+
+def test_the_privacy_plan_is_shown_and_each_site_books_it_against_its_caps(
+    federation: Federation,
+):
+    policy = _policy(
+        federation.root / "site.toml",
+        allow=[build_bundle(PROBE).sha256],
+        extra="[privacy]\nmax_epsilon_per_run = 5\nmax_epsilon_total = 7\n",
+    )
+    start(federation, 1, policy)
+
+    def run(noise: float, rounds: int) -> str:
+        code, out, err = federation.cli(
+            "alice", "run", str(PROBE), "--federation", "test", "--run-config",
+            f"dp-mode='central' dp-noise-multiplier={noise} num-server-rounds={rounds} "
+            "min-nodes=1",
+        )  # fmt: skip
+        assert code == 0, err
+        return out
+
+    fits = run(2.0, 2)  # the site books ε 3.19 (no sampling amplification)
+    assert "privacy plan: (ε = 3.189, δ = 1e-05) site-level" in fits
+    assert "final sum 20.0000" in fits  # two rounds of step 1: the site trained
+    too_big = run(0.5, 10)
+    assert "privacy.max_epsilon_per_run" in too_big
+    assert "planned epsilon 48.8 exceeds max_epsilon_per_run 5" in too_big
+    assert "final sum 0.0000" in too_big
+    over_total = run(1.5, 2)  # 4.42 fits a run, but 3.19 + 4.42 > 7
+    assert "privacy.max_epsilon_total" in over_total and "exceeds max_epsilon_total 7" in over_total
+
+    node = str(federation.root / "node-n1")
+    code, out, _ = federation.cli("admin", "budget", "show", "--data-dir", node, "--json")
+    assert code == 0
+    (status,) = json.loads(out)
+    assert status["unit"] == "site-level" and status["runs"] == 1 and status["open_runs"] == 0
+    assert abs(status["spent_epsilon"] - 3.189) < 0.01
+    assert abs(status["remaining_epsilon"] - (7 - status["spent_epsilon"])) < 1e-9
+    spent = _site_log(federation, "n1", "budget.spent")
+    assert [entry["round"] for entry in spent] == [1, 2]
+    assert float(spent[-1]["epsilon"]) == pytest.approx(status["spent_epsilon"])
+    code, listed, _ = federation.cli("alice", "ls", "--federation", "test")
+    assert "ε 3.19/3.19 site-level" in listed

@@ -83,10 +83,15 @@ def test_time_is_normalised_to_utc():
 
 
 def test_vocabulary_is_fixed():
-    assert len(Action) == 22
+    assert len(Action) == 25
     assert {Action.REPLY_RECEIVED.value, Action.CHECKPOINT_SEEN.value} == {
         "reply.received",
         "checkpoint.seen",
+    }
+    assert {Action.RUN_APPROVED, Action.RUN_REFUSED, Action.RECEIPT_RECEIVED} == {
+        "run.approved",
+        "run.refused",
+        "receipt.received",
     }
     assert {a.value.split(".")[0] for a in Action} == {
         "run",
@@ -102,6 +107,7 @@ def test_vocabulary_is_fixed():
         "audit",
         "reply",
         "checkpoint",
+        "receipt",
     }
 
 

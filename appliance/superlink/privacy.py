@@ -1,0 +1,107 @@
+"""The SuperLink's view of a run's privacy: its DP plan, planned and spent (epsilon, delta).
+
+At submission the run config's DP plan (:mod:`dp.plan`) is checked -- a malformed
+plan refuses the run with the key named -- and its planned (ε, δ) is stored with the
+run and written to the run's log. After every round the ServerApp reports, the
+spend so far is recomputed from the plan (off the round's path: accounting takes
+tens of milliseconds) and logged, so ``greenhouse ls``/``log``/``show`` say what a
+run has spent and will spend, always with its privacy unit.
+
+The figures are the plan's: the ServerApp applies the same run-config keys (see
+``examples/hospital``). Sites do their own, conservative, accounting in their
+budget ledgers; the SuperLink's number is what the data scientist planned.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+
+from appliance.logs import get_logger
+from appliance.state import LogStream, State, StateError
+from dp.errors import DPError
+from dp.plan import DPPlan, PlanMode
+
+__all__ = ["PrivacyTracker"]
+
+_log = get_logger("appliance.superlink.privacy")
+
+
+def _plan_json(plan: DPPlan) -> str:
+    return json.dumps(plan.describe(), sort_keys=True, separators=(",", ":"))
+
+
+class PrivacyTracker:
+    """Checks plans at submission and keeps each run's spend current, round by round."""
+
+    def __init__(self, state: State) -> None:
+        self._state = state
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="privacy")
+
+    @staticmethod
+    def check(run_config: Mapping[str, object]) -> DPPlan | None:
+        """The run's plan, or ``None`` if it declares none.
+
+        Raises:
+            InvalidPrivacyParameter: the plan is malformed (names the key).
+        """
+        return DPPlan.from_run_config(run_config)
+
+    def started(self, run_id: int, plan: DPPlan) -> None:
+        """Store the planned spend and tell the run's log (raises ``DPError`` if the
+        accountant cannot bound it: the run is refused)."""
+        planned = plan.spend()
+        self._state.set_run_privacy(
+            run_id,
+            plan_json=_plan_json(plan),
+            unit=planned.unit.value,
+            delta=planned.delta,
+            planned_epsilon=planned.epsilon,
+            spent_epsilon=0.0,
+            rounds_done=0,
+        )
+        if plan.mode is PlanMode.CENTRAL:
+            how = (
+                f"central DP, noise multiplier {plan.noise_multiplier:g}, clipping norm "
+                f"{plan.clipping_norm:g}, sampling rate {plan.sampling_rate:g}, "
+                f"{plan.rounds} rounds, {plan.accountant.upper()}"
+            )
+        else:
+            how = f"DP-SGD at each site, {plan.rounds} rounds"
+        self._state.append_log(run_id, LogStream.SYSTEM, f"privacy plan: {planned} ({how})")
+
+    def rounds_done(self, run_id: int, run_config: Mapping[str, object], rounds: int) -> None:
+        """After ``rounds`` rounds: recompute the spend in the background."""
+        self._worker.submit(self._update, run_id, dict(run_config), rounds)
+
+    def _update(self, run_id: int, run_config: dict[str, object], rounds: int) -> None:
+        try:
+            plan = DPPlan.from_run_config(run_config)
+            if plan is None:
+                return
+            done = min(rounds, plan.rounds)
+            spent = plan.spend(done)
+            planned = plan.spend()
+            self._state.set_run_privacy(
+                run_id,
+                plan_json=_plan_json(plan),
+                unit=spent.unit.value,
+                delta=spent.delta,
+                planned_epsilon=planned.epsilon,
+                spent_epsilon=spent.epsilon,
+                rounds_done=done,
+            )
+            what = "per site, as planned" if plan.mode is PlanMode.DP_SGD else "spent"
+            self._state.append_log(
+                run_id,
+                LogStream.SYSTEM,
+                f"privacy after round {rounds}: ε = {spent.epsilon:.4g} {what} of "
+                f"{planned.epsilon:.4g} planned (δ = {spent.delta:g}, {spent.unit.value})",
+            )
+        except (DPError, StateError) as exc:
+            _log.warning("privacy spend not updated", run_id=run_id, error=str(exc))
+
+    def close(self) -> None:
+        """Finish pending updates."""
+        self._worker.shutdown(wait=True)

@@ -1,0 +1,124 @@
+"""The SuperNode's privacy budget over a real ledger file: plan, reserve, charge, close."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from policy_harness import policy
+
+from appliance.supernode.budget import SiteBudget
+from appliance.supernode.policy import PolicyRefused
+from dp.plan import DPPlan
+from dp.spend import PrivacyUnit
+
+CAPS = """
+[privacy]
+max_epsilon_per_run = 5
+max_epsilon_total = 7
+dataset = "oncology"
+"""
+
+
+def central(noise: float, rounds: int) -> str:
+    return json.dumps(
+        {"dp-mode": "central", "dp-noise-multiplier": noise, "dp-clipping-norm": 1.0,
+         "num-server-rounds": rounds}
+    )  # fmt: skip
+
+
+@pytest.fixture
+def budget(tmp_path):
+    opened = SiteBudget(tmp_path)
+    opened.configure(policy(CAPS))
+    yield opened
+    opened.close_ledger()
+
+
+def test_a_fitting_plan_is_reserved_charged_per_round_and_closed(budget, tmp_path):
+    site = policy(CAPS)
+    charge = budget.plan(site, 1, central(2.0, 2))
+    assert charge is not None and charge.unit is PrivacyUnit.SITE
+    budget.reserve(1, charge)
+    first = budget.charge_round(1, charge, server_round=1, rounds=1)
+    second = budget.charge_round(1, charge, server_round=2, rounds=2)
+    assert first.epsilon < second.epsilon == pytest.approx(charge.planned.epsilon)
+    budget.close(1, charge)
+    (status,) = budget.status()
+    assert status.budget.dataset == "oncology" and status.spent.epsilon == second.epsilon
+    # The ledger outlives the process: a reopened site sees the same spend.
+    reopened = SiteBudget(tmp_path)
+    try:
+        assert reopened.status()[0].spent.epsilon == second.epsilon
+    finally:
+        reopened.close_ledger()
+
+
+def test_plans_over_a_cap_are_refused_before_anything_is_reserved(budget):
+    site = policy(CAPS)
+    with pytest.raises(PolicyRefused, match="max_epsilon_per_run") as per_run:
+        budget.plan(site, 2, central(0.5, 10))
+    assert "planned epsilon 48.8 exceeds max_epsilon_per_run 5" in str(per_run.value)
+    charge = budget.plan(site, 3, central(2.0, 2))
+    assert charge is not None
+    budget.reserve(3, charge)  # 3.19 of 7 reserved while the run is open
+    with pytest.raises(PolicyRefused, match=r"privacy\.max_epsilon_total"):
+        budget.plan(site, 4, central(1.5, 2))  # 4.42 + 3.19 > 7
+    assert budget.status()[0].open_runs == 1
+
+
+def test_a_round_past_the_reservation_is_refused(budget):
+    site = policy(CAPS)
+    charge = budget.plan(site, 5, central(2.0, 2))
+    assert charge is not None
+    budget.reserve(5, charge)
+    budget.charge_round(5, charge, server_round=1, rounds=1)
+    budget.charge_round(5, charge, server_round=2, rounds=2)
+    # A third round is beyond the plan: the spend stays at the plan (capped), and a
+    # round booked twice is refused by the ledger.
+    with pytest.raises(Exception, match="already committed round 2"):
+        budget.charge_round(5, charge, server_round=2, rounds=3)
+
+
+def test_require_dp_central_refuses_a_run_without_a_central_plan(tmp_path):
+    site = policy(
+        """
+        [privacy]
+        require_dp = "central"
+        clip_norm = 1.0
+        max_epsilon_per_run = 5
+        max_epsilon_total = 7
+        """
+    )
+    budget = SiteBudget(tmp_path)
+    try:
+        budget.configure(site)
+        with pytest.raises(PolicyRefused, match=r"privacy\.require_dp"):
+            budget.plan(site, 1, json.dumps({"num-server-rounds": 3}))
+        with pytest.raises(PolicyRefused, match="DP plan is invalid"):
+            budget.plan(site, 1, json.dumps({"dp-mode": "central", "num-server-rounds": 3}))
+        assert budget.plan(site, 1, central(2.0, 2)) is not None
+    finally:
+        budget.close_ledger()
+
+
+def test_a_site_without_caps_books_nothing_and_record_caps_are_separate(tmp_path):
+    budget = SiteBudget(tmp_path)
+    try:
+        budget.configure(policy(""))
+        assert budget.plan(policy(""), 1, central(2.0, 2)) is None
+        record_caps = policy(
+            "[privacy]\nmax_record_epsilon_per_run = 3\nmax_record_epsilon_total = 4\n"
+        )
+        budget.configure(record_caps)
+        sgd = json.dumps({"dp-mode": "dp-sgd", "dp-target-epsilon": 2.5, "num-server-rounds": 2})
+        charge = budget.plan(record_caps, 1, sgd)
+        assert charge is not None and charge.unit is PrivacyUnit.RECORD
+        budget.reserve(1, charge)
+        assert budget.charge_round(1, charge, 1, 1).epsilon == 2.5  # all of it at once
+        with pytest.raises(PolicyRefused, match="max_record_epsilon_total"):
+            budget.plan(record_caps, 2, sgd)
+        assert budget.plan(record_caps, 3, central(2.0, 2)) is None  # no site-level caps
+        assert DPPlan.from_run_config(json.loads(sgd)) is not None
+    finally:
+        budget.close_ledger()
