@@ -7,7 +7,9 @@ Server to site (in the round's ``ConfigRecord``):
 * :data:`REPORT_WITHIN_CLIP` -- ask the site to report whether its update fitted
   inside the norm (adaptive clipping, client-side variant).
 
-Site to server (in the reply's metrics): :data:`WITHIN_CLIP` (0 or 1), and the
+Site to server (in the reply's metrics): :data:`WITHIN_CLIP` (0 or 1),
+:data:`UNIT_WEIGHT` (always 1: under SecAgg+ each site's clipped update weighs the
+same, so one site moves the sum by at most ``C``), and the
 site's own privacy spend as ``dp-epsilon-<unit>`` / ``dp-delta-<unit>``
 (:meth:`dp.spend.PrivacySpend.to_metrics`).
 """
@@ -21,6 +23,7 @@ __all__ = [
     "NOISE_STD",
     "REPORT_WITHIN_CLIP",
     "SITES_AGGREGATED",
+    "UNIT_WEIGHT",
     "WITHIN_CLIP",
 ]
 
@@ -31,3 +34,4 @@ LOCAL_RELEASES = "dp-local-releases"
 NOISE_MULTIPLIER = "dp-noise-multiplier"
 NOISE_STD = "dp-noise-std"
 SITES_AGGREGATED = "dp-sites-aggregated"
+UNIT_WEIGHT = "dp-unit-weight"

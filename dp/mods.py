@@ -131,7 +131,7 @@ class ClientSideClippingMod:
         if not isinstance(update, ArrayRecord):
             raise InvalidUpdateError(f"reply has no ArrayRecord {self.arrayrecord_key!r}")
         result = clip_update(update, reference, norm)
-        extra = {keys.CLIPPING_NORM: norm}
+        extra = {keys.CLIPPING_NORM: norm, keys.UNIT_WEIGHT: 1}
         if report:
             extra[keys.WITHIN_CLIP] = 0.0 if result.clipped else 1.0
         return _with_update(msg, reply, self.arrayrecord_key, result.arrays, extra)

@@ -40,7 +40,8 @@ from appliance.grid import Grid
 from appliance.logs import get_logger
 from appliance.message import Message
 from appliance.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
-from appliance.strategy import Replies, Strategy, weighted_metrics_mean
+from appliance.secure_aggregation import SecureAggregation
+from appliance.strategy import Failure, Replies, Strategy, weighted_metrics_mean
 from dp import keys
 from dp.accounting import Accountant, RunAccountant, check_noise_multiplier, check_sampling_rate
 from dp.clipping import check_clipping_norm, l2_norm, model_delta
@@ -51,6 +52,7 @@ from dp.mechanisms import (
     noised_count,
     split_noise_multiplier,
 )
+from dp.primitives.noise import add_gaussian_inplace
 from dp.rng import noise_rng, warn_if_unsafe
 from dp.spend import PrivacySpend, PrivacyUnit
 
@@ -245,6 +247,72 @@ class DPFedAvgClientSideFixed(_DPFedAvg):
                 "the site did not clip (is ClientSideClippingMod installed?)"
             )
         return None
+
+    #: Under SecAgg+ the server learns only the sum of the sites' clipped updates, and
+    #: the noise goes on that sum: the same mechanism, so this variant is linear.
+    is_linear = True
+
+    def aggregate_train_secure(
+        self,
+        server_round: int,
+        messages: list[Message],
+        grid: Grid,
+        secure_aggregation: SecureAggregation,
+        timeout: float,
+    ) -> tuple[ArrayRecord | None, MetricRecord | None, list[Failure]]:
+        """DP-FedAvg under secure aggregation: noise on the securely summed clipped updates.
+
+        Every site weighs 1 (:data:`dp.keys.UNIT_WEIGHT`, set by the sites' clipping),
+        so the protocol reveals the mean of ``m`` clipped updates; adding
+        ``N(0, (z C / m)^2)`` to it releases exactly what :meth:`aggregate_train`
+        releases. The server cannot check each site's clipping here: that is the
+        site's :class:`~dp.mods.ClientSideClippingMod` (a site policy enforces it).
+        """
+        reference = self._reference
+        if reference is None:
+            raise RuntimeError("aggregate_train_secure called before configure_train")
+        if not messages:
+            return None, None, []
+        outcome = secure_aggregation.aggregate_round(
+            grid,
+            messages,
+            reference=reference,
+            arrays_key=self.arrayrecord_key,
+            weighted_by_key=keys.UNIT_WEIGHT,
+            timeout=timeout,
+        )
+        failures = [Failure(node_id, reason) for node_id, reason in outcome.failures]
+        if outcome.error is not None:
+            failures.append(Failure(0, f"secure aggregation failed: {outcome.error}"))
+        count = outcome.contributors
+        if outcome.arrays is None or count < max(self.min_train_nodes, 1):
+            _log.warning(
+                "DP round released nothing: too few contributors",
+                round=server_round,
+                contributors=count,
+                error=outcome.error,
+            )
+            return None, None, failures
+        rng = noise_rng(self._unsafe_rng)
+        std = self.update_noise_multiplier * self.clipping_norm / count
+        mean = model_delta(outcome.arrays, reference)
+        for delta in mean:
+            add_gaussian_inplace(delta, std, rng)
+        new = ArrayRecord(
+            {
+                name: (ref + d).astype(ref.dtype)
+                for (name, ref), d in zip(reference.items(), mean, strict=True)
+            }
+        )
+        self.accountant.add_rounds(
+            noise_multiplier=self.noise_multiplier, sampling_rate=self.sampling_rate or 1.0
+        )
+        metrics = MetricRecord(self.spent.to_metrics())
+        metrics[keys.NOISE_MULTIPLIER] = self.noise_multiplier
+        metrics[keys.CLIPPING_NORM] = self.clipping_norm
+        metrics[keys.SITES_AGGREGATED] = count
+        metrics[keys.NOISE_STD] = std
+        return new, metrics, failures
 
 
 class _Adaptive:

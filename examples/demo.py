@@ -3,10 +3,11 @@
 ``make demo`` runs this script. It creates a throwaway federation CA, a SuperLink on
 SQLite and three hospital SuperNodes — separate processes talking mutual TLS over
 127.0.0.1, every node request signed with the site's Ed25519 key — then submits the
-hospital example as a data scientist, streams the run's progress, and shuts
-everything down. Every file it makes (certificates, keys, databases, logs) stays in
-one directory inside the checkout, printed at the end. Processes are stopped even
-on Ctrl-C or when a step fails.
+hospital example with SecAgg+ and central DP as a data scientist (each hospital's
+policy requires both and caps epsilon in its own budget ledger), streams the run's
+progress, verifies the audit logs, and shuts everything down. Every file it makes
+(certificates, keys, databases, logs) stays in one directory inside the checkout,
+printed at the end. Processes are stopped even on Ctrl-C or when a step fails.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from appliance.appconfig import load_app_spec
 from appliance.bundle import build_bundle
 from appliance.cli import main as greenhouse
 from appliance.federation import ControlClient, Federation
+from appliance.supernode.limits import LimitError, check_network_isolation
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / "var" / "demo"
@@ -115,6 +117,10 @@ allow = ["sha256:{bundle}"]            # the hospital app, reviewed by this site
 [privacy]
 require_secure_aggregation = true      # train only inside SecAgg+ rounds...
 min_secagg_cohort = 3                  # ...with at least 3 hospitals
+require_dp = "central"                 # only runs that declare central DP, and...
+clip_norm = 1.0                        # ...updates leave clipped to at most this norm
+max_epsilon_per_run = 30               # site-level epsilon caps, kept in budget.db
+max_epsilon_total = 100
 
 [egress]
 allowed_metric_keys = ["num-examples", "train-loss", "loss", "accuracy"]
@@ -124,17 +130,31 @@ allow_query = false
 [execution]
 memory_mb = 2048
 wall_seconds = 120
-# "none" isolates the ClientApp in its own network namespace where the kernel allows
-# it; the demo leaves it to the host (see docs/site-policy.md for systemd/containers).
-network = "allowed"
+# "none": the ClientApp gets its own empty network namespace (where the kernel allows
+# unprivileged user namespaces; elsewhere see docs/site-policy.md).
+network = "{network}"
 """
 
 
+def _network() -> str:
+    try:
+        check_network_isolation()
+    except LimitError:
+        return "allowed"
+    return "none"
+
+
 def write_site_policies(bundle_sha256: str) -> None:
-    step("each hospital writes its site.toml: allowlist the app, require SecAgg+ (>= 3 sites)")
+    step(
+        "each hospital writes its site.toml: allowlist the app, require SecAgg+ (>= 3 sites) "
+        "and central DP, cap epsilon"
+    )
+    network = _network()
     for hospital in HOSPITALS:
         path = WORKDIR / "sites" / hospital / "site.toml"
-        path.write_text(SITE_POLICY.format(hospital=hospital, bundle=bundle_sha256))
+        path.write_text(
+            SITE_POLICY.format(hospital=hospital, bundle=bundle_sha256, network=network)
+        )
         path.chmod(0o600)
         cli("policy", "check", str(path))
 
@@ -222,10 +242,11 @@ def run_hospital_app() -> str:
     spec = load_app_spec(app)
     bundle = build_bundle(app)
     step(
-        f"submitting the hospital app with SecAgg+ as data scientist 'dana' ({bundle.sha256[:12]})"
+        f"submitting the hospital app with SecAgg+ and central DP as data scientist 'dana' "
+        f"({bundle.sha256[:12]})"
     )
     output: list[str] = []
-    config = {**spec.config, "secure-aggregation": True}
+    config = {**spec.config, "secure-aggregation": True, "dp-mode": "central"}
     with ControlClient(user("dana")) as client:
         run_id = client.submit(bundle, config, app_name=spec.name, app_version=spec.version)
         for line in _follow(client, run_id):
@@ -238,10 +259,21 @@ def run_hospital_app() -> str:
 
 
 def _follow(client: ControlClient, run_id: int) -> Iterator[str]:
-    """The ServerApp's own output (one row per round as it completes) and errors."""
+    """The ServerApp's own output (one row per round as it completes), the sites'
+    receipts, the privacy plan, and errors."""
     for line in client.logs(run_id, follow=True):
-        if line.stream == "stdout" or "Error" in line.text:
+        system = line.stream == "system" and (
+            "the run" in line.text or line.text.startswith("privacy plan")
+        )
+        if line.stream == "stdout" or system or "Error" in line.text:
             yield line.text
+
+
+def show_budgets() -> None:
+    step("each hospital's privacy-budget ledger (what the run cost, by the site's own count)")
+    for hospital in HOSPITALS:
+        print(f"    {hospital}:", flush=True)
+        _indent(cli("budget", "show", "--data-dir", str(WORKDIR / "nodes" / hospital)))
 
 
 def show_live_audit() -> None:
@@ -298,13 +330,16 @@ def main() -> int:
         start_federation(processes)
         output = run_hospital_app()
         show_live_audit()
+        show_budgets()
         step("stopping every process (each signs a last audit tree head)")
         processes.stop_all()
         verify_audit_logs()
         accuracy = re.search(r"federated model: test accuracy (\S+)", output)
+        spent = re.search(r"privacy spent: (.*)", output)
         step(
             f"done in {time.monotonic() - started:.1f} s; federated test accuracy "
-            f"{accuracy.group(1) if accuracy else '?'}"
+            f"{accuracy.group(1) if accuracy else '?'}; privacy spent "
+            f"{spent.group(1) if spent else '?'}"
         )
         return 0
     except KeyboardInterrupt:

@@ -583,7 +583,8 @@ class SuperNode:
                 refused it): the round does not run.
         """
         meta = message.metadata
-        if run.charge is None or meta.message_type != "train":
+        training = meta.message_type == "train" or meta.message_type.startswith("train.")
+        if run.charge is None or not training:  # "train.*": the stages of a SecAgg+ round
             return
         if meta.group_id in run.charged_rounds:  # later SecAgg+ stages of the same round
             return

@@ -823,7 +823,7 @@ def _host_metric_keys(policy: SitePolicy) -> frozenset[str]:
     from dp import keys  # lazily: see _refusing
     from dp.spend import PrivacySpend, PrivacyUnit
 
-    own = {keys.CLIPPING_NORM, keys.WITHIN_CLIP}
+    own = {keys.CLIPPING_NORM, keys.WITHIN_CLIP, keys.UNIT_WEIGHT}
     if privacy.require_dp is DPMode.LOCAL:
         own |= {keys.LOCAL_RELEASES}
         own |= set(PrivacySpend(epsilon=0, delta=0, unit=PrivacyUnit.SITE).to_metrics())

@@ -40,7 +40,14 @@ def test_demo_trains_over_mtls_and_stops_every_process():
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     accuracy = float(re.search(r"federated test accuracy (\d\.\d+)", proc.stdout).group(1))
-    assert accuracy >= 0.9
+    assert accuracy >= 0.7  # central DP noise (fresh each run); the majority class is 0.63
+    # Every hospital accepted (signed receipt), the plan was shown, each site booked it.
+    assert proc.stdout.count("accepted the run") == 3, proc.stdout
+    assert "privacy plan: (ε = " in proc.stdout and "site-level" in proc.stdout
+    spent = re.search(r"privacy spent \(ε = ([\d.]+), δ = 1e-05\) site-level", proc.stdout)
+    assert spent and float(spent.group(1)) > 0, proc.stdout
+    booked = re.findall(r"default\s+site-level\s+([\d.]+)", proc.stdout)
+    assert len(booked) == 3 and all(float(b) > 0 for b in booked), proc.stdout
     assert "files (certificates, databases, logs, audit exports): var/demo" in proc.stdout
     assert (ROOT / "var" / "demo" / "superlink" / "state.db").exists()
     # The audit logs were exported, verified (hospitals cosigned) and reconciled.

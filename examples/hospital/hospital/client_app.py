@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from appliance import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordDict
 from dp import clip_update
-from dp.keys import CLIPPING_NORM
+from dp.keys import CLIPPING_NORM, UNIT_WEIGHT
 from hospital import task
 
 app = ClientApp()
@@ -39,6 +39,7 @@ def train(msg: Message, ctx: Context) -> Message:
     arrays = ArrayRecord(new_params)
     if CLIPPING_NORM in config:  # central DP: the update leaves clipped to the server's norm
         arrays = clip_update(arrays, msg.content["arrays"], float(config[CLIPPING_NORM])).arrays
+        metrics[UNIT_WEIGHT] = 1  # under SecAgg+ every hospital then weighs the same
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 

@@ -64,8 +64,6 @@ def main(grid: Grid, context: Context) -> None:
     if cfg.get("dp-mode") == "central":
         from dp import DPFedAvgClientSideFixed
 
-        if cfg.get("secure-aggregation"):
-            raise ValueError("dp-mode = 'central' with SecAgg+ is not supported by this app yet")
         strategy = DPFedAvgClientSideFixed(
             strategy,
             noise_multiplier=float(cfg["dp-noise-multiplier"]),

@@ -263,3 +263,52 @@ def test_hospital_with_central_dp_still_learns_and_reports_epsilon(hospital):
             noise_multiplier=1.0, sampling_rate=1.0, rounds=rounds, delta=1e-5, accountant="rdp"
         )
     )
+
+
+def _run_secure(strategy, client, *, nodes=3):
+    from secagg import SecAggPlus
+
+    server = ServerApp()
+    out = {}
+
+    @server.main()
+    def main(grid, ctx):
+        initial = ArrayRecord({"w": np.zeros(DIM, dtype=np.float32)})
+        out["result"] = strategy.start(
+            grid=grid,
+            initial_arrays=initial,
+            num_rounds=1,
+            secure_aggregation=SecAggPlus(clip_range=4.0),
+        )
+
+    run_local(server, client, num_nodes=nodes)
+    return out["result"]
+
+
+def test_client_side_dp_runs_under_secagg_on_the_sum_of_clipped_updates():
+    norm = float(np.sqrt(DIM) * 1.5)
+    strategy = DPFedAvgClientSideFixed(
+        _fedavg(), noise_multiplier=1e-9, clipping_norm=norm, unsafe_rng=np.random.default_rng(0)
+    )
+    client = _synthetic_client(mods=[ClientSideClippingMod(max_clipping_norm=norm)])
+    result = _run_secure(strategy, client)
+    # Steps 1, 2, 3 clipped to 1, 1.5, 1.5, each site weighing 1 (not its num-examples).
+    np.testing.assert_allclose(result.arrays["w"], (1 + 1.5 + 1.5) / 3, atol=1e-3)
+    metrics = result.train_metrics_clientapp[1]
+    assert metrics["dp-sites-aggregated"] == 3
+    assert strategy.spent.epsilon > 0 and strategy.accountant.rounds == 1
+
+
+def test_noise_under_secagg_has_std_z_c_over_m():
+    clipping_norm, z = 2.0, 1.0
+    strategy = DPFedAvgClientSideFixed(
+        _fedavg(), noise_multiplier=z, clipping_norm=clipping_norm,
+        unsafe_rng=np.random.default_rng(7),
+    )  # fmt: skip
+    client = _synthetic_client(
+        mods=[ClientSideClippingMod(max_clipping_norm=clipping_norm)], scale_by_partition=False
+    )
+    result = _run_secure(strategy, client)
+    noise = result.arrays["w"].astype(np.float64) - clipping_norm / np.sqrt(DIM)
+    assert result.train_metrics_clientapp[1]["dp-noise-std"] == pytest.approx(z * 2.0 / 3)
+    assert np.std(noise) == pytest.approx(z * clipping_norm / 3, rel=0.35)  # 50 draws
