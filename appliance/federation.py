@@ -179,15 +179,22 @@ class ControlClient:
         self.close()
 
     def submit(
-        self, bundle: Bundle, run_config: UserConfig, *, app_name: str, app_version: str
+        self,
+        bundle: Bundle,
+        run_config: UserConfig,
+        *,
+        app_name: str,
+        app_version: str,
+        signature: bytes = b"",
     ) -> int:
-        """Upload the bundle and start a run; return its id."""
+        """Upload the bundle (with its publisher ``signature``, if any) and start a run."""
         head = pb.SubmitRunHead(
             bundle_sha256=bundle.sha256,
             bundle_size=bundle.size,
             run_config_json=json.dumps(run_config, sort_keys=True),
             app_name=app_name,
             app_version=app_version,
+            bundle_signature=signature,
         )
 
         def chunks() -> Iterator[pb.SubmitRunChunk]:

@@ -32,6 +32,12 @@ from appliance.local import run_local_app
     help="Override the app's run config; repeatable.",
 )
 @click.option("--detach", is_flag=True, help="Submit and return without streaming the log.")
+@click.option(
+    "--signature",
+    "signature_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="A publisher's signature over the bundle (greenhouse app sign), sent with the run.",
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the logical node ids.")
 def run(
     app_dir: Path,
@@ -41,6 +47,7 @@ def run(
     run_config: tuple[str, ...],
     detach: bool,
     seed: int,
+    signature_path: Path | None,
 ) -> None:
     """Run the app in APP_DIR (default: the current directory)."""
     overrides = parse_config_pairs(run_config)
@@ -51,7 +58,13 @@ def run(
     config = merge_run_config(spec.config, overrides)
     bundle = build_bundle(app_dir)
     with ControlClient(load_federation(federation, app_dir)) as client:
-        run_id = client.submit(bundle, config, app_name=spec.name, app_version=spec.version)
+        run_id = client.submit(
+            bundle,
+            config,
+            app_name=spec.name,
+            app_version=spec.version,
+            signature=signature_path.read_bytes() if signature_path else b"",
+        )
         click.echo(f"run {run_id} submitted (bundle sha256:{bundle.sha256})")
         if detach:
             return

@@ -45,18 +45,20 @@ class ArtifactData(_message.Message):
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
 
 class SubmitRunHead(_message.Message):
-    __slots__ = ("bundle_sha256", "bundle_size", "run_config_json", "app_name", "app_version")
+    __slots__ = ("bundle_sha256", "bundle_size", "run_config_json", "app_name", "app_version", "bundle_signature")
     BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_SIZE_FIELD_NUMBER: _ClassVar[int]
     RUN_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
     APP_NAME_FIELD_NUMBER: _ClassVar[int]
     APP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     bundle_sha256: str
     bundle_size: int
     run_config_json: str
     app_name: str
     app_version: str
-    def __init__(self, bundle_sha256: _Optional[str] = ..., bundle_size: _Optional[int] = ..., run_config_json: _Optional[str] = ..., app_name: _Optional[str] = ..., app_version: _Optional[str] = ...) -> None: ...
+    bundle_signature: bytes
+    def __init__(self, bundle_sha256: _Optional[str] = ..., bundle_size: _Optional[int] = ..., run_config_json: _Optional[str] = ..., app_name: _Optional[str] = ..., app_version: _Optional[str] = ..., bundle_signature: _Optional[bytes] = ...) -> None: ...
 
 class SubmitRunChunk(_message.Message):
     __slots__ = ("head", "data")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61ppliance/proto/fleet.proto\x12\x13greenhouse.fleet.v1\"\x1f\n\x0cHelloRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\\\n\rHelloResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x13\n\x0bkeepalive_s\x18\x03 \x01(\x01\x12\x12\n\naudit_vkey\x18\x04 \x01(\t\"\x12\n\x10SubscribeRequest\"\xb8\x01\n\nFleetEvent\x12\x38\n\x07message\x18\x01 \x01(\x0b\x32%.greenhouse.fleet.v1.MessageAvailableH\x00\x12\x32\n\trun_ended\x18\x02 \x01(\x0b\x32\x1d.greenhouse.fleet.v1.RunEndedH\x00\x12\x33\n\tkeepalive\x18\x03 \x01(\x0b\x32\x1e.greenhouse.fleet.v1.KeepaliveH\x00\x42\x07\n\x05\x65vent\"6\n\x10MessageAvailable\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\"*\n\x08RunEnded\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\" \n\tKeepalive\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\">\n\x12PullMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cwitness_size\x18\x02 \x01(\x04\"L\n\nRunContext\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\x12\x17\n\x0frun_config_json\x18\x03 \x01(\t\"\x98\x01\n\x0bMessageHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_size\x18\x02 \x01(\x04\x12,\n\x03run\x18\x03 \x01(\x0b\x32\x1f.greenhouse.fleet.v1.RunContext\x12\x18\n\x10\x61udit_checkpoint\x18\x04 \x01(\t\x12\x19\n\x11\x61udit_consistency\x18\x05 \x03(\x0c\"X\n\x0cMessageChunk\x12\x30\n\x04head\x18\x01 \x01(\x0b\x32 .greenhouse.fleet.v1.MessageHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x82\x01\n\tReplyHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x10\n\x08is_error\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x12\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"T\n\nReplyChunk\x12.\n\x04head\x18\x01 \x01(\x0b\x32\x1e.greenhouse.fleet.v1.ReplyHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\'\n\x11PushReplyResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\"\n\x10GetBundleRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"*\n\nBundleHead\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"V\n\x0b\x42undleChunk\x12/\n\x04head\x18\x01 \x01(\x0b\x32\x1f.greenhouse.fleet.v1.BundleHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"P\n\rCosignRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x16\n\x0esignature_line\x18\x02 \x01(\t\x12\x14\n\x0cwitness_vkey\x18\x03 \x01(\t\"\x10\n\x0e\x43osignResponse\"4\n\x0eReceiptRequest\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x11\n\x0fReceiptResponse2\xe8\x04\n\x05\x46leet\x12N\n\x05Hello\x12!.greenhouse.fleet.v1.HelloRequest\x1a\".greenhouse.fleet.v1.HelloResponse\x12U\n\tSubscribe\x12%.greenhouse.fleet.v1.SubscribeRequest\x1a\x1f.greenhouse.fleet.v1.FleetEvent0\x01\x12[\n\x0bPullMessage\x12\'.greenhouse.fleet.v1.PullMessageRequest\x1a!.greenhouse.fleet.v1.MessageChunk0\x01\x12V\n\tPushReply\x12\x1f.greenhouse.fleet.v1.ReplyChunk\x1a&.greenhouse.fleet.v1.PushReplyResponse(\x01\x12V\n\tGetBundle\x12%.greenhouse.fleet.v1.GetBundleRequest\x1a .greenhouse.fleet.v1.BundleChunk0\x01\x12Q\n\x06\x43osign\x12\".greenhouse.fleet.v1.CosignRequest\x1a#.greenhouse.fleet.v1.CosignResponse\x12X\n\x0bSendReceipt\x12#.greenhouse.fleet.v1.ReceiptRequest\x1a$.greenhouse.fleet.v1.ReceiptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61ppliance/proto/fleet.proto\x12\x13greenhouse.fleet.v1\"\x1f\n\x0cHelloRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\\\n\rHelloResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x13\n\x0bkeepalive_s\x18\x03 \x01(\x01\x12\x12\n\naudit_vkey\x18\x04 \x01(\t\"\x12\n\x10SubscribeRequest\"\xb8\x01\n\nFleetEvent\x12\x38\n\x07message\x18\x01 \x01(\x0b\x32%.greenhouse.fleet.v1.MessageAvailableH\x00\x12\x32\n\trun_ended\x18\x02 \x01(\x0b\x32\x1d.greenhouse.fleet.v1.RunEndedH\x00\x12\x33\n\tkeepalive\x18\x03 \x01(\x0b\x32\x1e.greenhouse.fleet.v1.KeepaliveH\x00\x42\x07\n\x05\x65vent\"6\n\x10MessageAvailable\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\"*\n\x08RunEnded\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\" \n\tKeepalive\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\">\n\x12PullMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cwitness_size\x18\x02 \x01(\x04\"f\n\nRunContext\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\x12\x17\n\x0frun_config_json\x18\x03 \x01(\t\x12\x18\n\x10\x62undle_signature\x18\x04 \x01(\x0c\"\x98\x01\n\x0bMessageHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_size\x18\x02 \x01(\x04\x12,\n\x03run\x18\x03 \x01(\x0b\x32\x1f.greenhouse.fleet.v1.RunContext\x12\x18\n\x10\x61udit_checkpoint\x18\x04 \x01(\t\x12\x19\n\x11\x61udit_consistency\x18\x05 \x03(\x0c\"X\n\x0cMessageChunk\x12\x30\n\x04head\x18\x01 \x01(\x0b\x32 .greenhouse.fleet.v1.MessageHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x82\x01\n\tReplyHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x10\n\x08is_error\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x12\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"T\n\nReplyChunk\x12.\n\x04head\x18\x01 \x01(\x0b\x32\x1e.greenhouse.fleet.v1.ReplyHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\'\n\x11PushReplyResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\"\n\x10GetBundleRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"*\n\nBundleHead\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"V\n\x0b\x42undleChunk\x12/\n\x04head\x18\x01 \x01(\x0b\x32\x1f.greenhouse.fleet.v1.BundleHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"P\n\rCosignRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x16\n\x0esignature_line\x18\x02 \x01(\t\x12\x14\n\x0cwitness_vkey\x18\x03 \x01(\t\"\x10\n\x0e\x43osignResponse\"4\n\x0eReceiptRequest\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x11\n\x0fReceiptResponse2\xe8\x04\n\x05\x46leet\x12N\n\x05Hello\x12!.greenhouse.fleet.v1.HelloRequest\x1a\".greenhouse.fleet.v1.HelloResponse\x12U\n\tSubscribe\x12%.greenhouse.fleet.v1.SubscribeRequest\x1a\x1f.greenhouse.fleet.v1.FleetEvent0\x01\x12[\n\x0bPullMessage\x12\'.greenhouse.fleet.v1.PullMessageRequest\x1a!.greenhouse.fleet.v1.MessageChunk0\x01\x12V\n\tPushReply\x12\x1f.greenhouse.fleet.v1.ReplyChunk\x1a&.greenhouse.fleet.v1.PushReplyResponse(\x01\x12V\n\tGetBundle\x12%.greenhouse.fleet.v1.GetBundleRequest\x1a .greenhouse.fleet.v1.BundleChunk0\x01\x12Q\n\x06\x43osign\x12\".greenhouse.fleet.v1.CosignRequest\x1a#.greenhouse.fleet.v1.CosignResponse\x12X\n\x0bSendReceipt\x12#.greenhouse.fleet.v1.ReceiptRequest\x1a$.greenhouse.fleet.v1.ReceiptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,31 +48,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PULLMESSAGEREQUEST']._serialized_start=520
   _globals['_PULLMESSAGEREQUEST']._serialized_end=582
   _globals['_RUNCONTEXT']._serialized_start=584
-  _globals['_RUNCONTEXT']._serialized_end=660
-  _globals['_MESSAGEHEAD']._serialized_start=663
-  _globals['_MESSAGEHEAD']._serialized_end=815
-  _globals['_MESSAGECHUNK']._serialized_start=817
-  _globals['_MESSAGECHUNK']._serialized_end=905
-  _globals['_REPLYHEAD']._serialized_start=908
-  _globals['_REPLYHEAD']._serialized_end=1038
-  _globals['_REPLYCHUNK']._serialized_start=1040
-  _globals['_REPLYCHUNK']._serialized_end=1124
-  _globals['_PUSHREPLYRESPONSE']._serialized_start=1126
-  _globals['_PUSHREPLYRESPONSE']._serialized_end=1165
-  _globals['_GETBUNDLEREQUEST']._serialized_start=1167
-  _globals['_GETBUNDLEREQUEST']._serialized_end=1201
-  _globals['_BUNDLEHEAD']._serialized_start=1203
-  _globals['_BUNDLEHEAD']._serialized_end=1245
-  _globals['_BUNDLECHUNK']._serialized_start=1247
-  _globals['_BUNDLECHUNK']._serialized_end=1333
-  _globals['_COSIGNREQUEST']._serialized_start=1335
-  _globals['_COSIGNREQUEST']._serialized_end=1415
-  _globals['_COSIGNRESPONSE']._serialized_start=1417
-  _globals['_COSIGNRESPONSE']._serialized_end=1433
-  _globals['_RECEIPTREQUEST']._serialized_start=1435
-  _globals['_RECEIPTREQUEST']._serialized_end=1487
-  _globals['_RECEIPTRESPONSE']._serialized_start=1489
-  _globals['_RECEIPTRESPONSE']._serialized_end=1506
-  _globals['_FLEET']._serialized_start=1509
-  _globals['_FLEET']._serialized_end=2125
+  _globals['_RUNCONTEXT']._serialized_end=686
+  _globals['_MESSAGEHEAD']._serialized_start=689
+  _globals['_MESSAGEHEAD']._serialized_end=841
+  _globals['_MESSAGECHUNK']._serialized_start=843
+  _globals['_MESSAGECHUNK']._serialized_end=931
+  _globals['_REPLYHEAD']._serialized_start=934
+  _globals['_REPLYHEAD']._serialized_end=1064
+  _globals['_REPLYCHUNK']._serialized_start=1066
+  _globals['_REPLYCHUNK']._serialized_end=1150
+  _globals['_PUSHREPLYRESPONSE']._serialized_start=1152
+  _globals['_PUSHREPLYRESPONSE']._serialized_end=1191
+  _globals['_GETBUNDLEREQUEST']._serialized_start=1193
+  _globals['_GETBUNDLEREQUEST']._serialized_end=1227
+  _globals['_BUNDLEHEAD']._serialized_start=1229
+  _globals['_BUNDLEHEAD']._serialized_end=1271
+  _globals['_BUNDLECHUNK']._serialized_start=1273
+  _globals['_BUNDLECHUNK']._serialized_end=1359
+  _globals['_COSIGNREQUEST']._serialized_start=1361
+  _globals['_COSIGNREQUEST']._serialized_end=1441
+  _globals['_COSIGNRESPONSE']._serialized_start=1443
+  _globals['_COSIGNRESPONSE']._serialized_end=1459
+  _globals['_RECEIPTREQUEST']._serialized_start=1461
+  _globals['_RECEIPTREQUEST']._serialized_end=1513
+  _globals['_RECEIPTRESPONSE']._serialized_start=1515
+  _globals['_RECEIPTRESPONSE']._serialized_end=1532
+  _globals['_FLEET']._serialized_start=1535
+  _globals['_FLEET']._serialized_end=2151
 # @@protoc_insertion_point(module_scope)

@@ -69,14 +69,16 @@ class PullMessageRequest(_message.Message):
     def __init__(self, message_id: _Optional[str] = ..., witness_size: _Optional[int] = ...) -> None: ...
 
 class RunContext(_message.Message):
-    __slots__ = ("run_id", "bundle_sha256", "run_config_json")
+    __slots__ = ("run_id", "bundle_sha256", "run_config_json", "bundle_signature")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_SHA256_FIELD_NUMBER: _ClassVar[int]
     RUN_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     bundle_sha256: str
     run_config_json: str
-    def __init__(self, run_id: _Optional[int] = ..., bundle_sha256: _Optional[str] = ..., run_config_json: _Optional[str] = ...) -> None: ...
+    bundle_signature: bytes
+    def __init__(self, run_id: _Optional[int] = ..., bundle_sha256: _Optional[str] = ..., run_config_json: _Optional[str] = ..., bundle_signature: _Optional[bytes] = ...) -> None: ...
 
 class MessageHead(_message.Message):
     __slots__ = ("metadata", "content_size", "run", "audit_checkpoint", "audit_consistency")

@@ -15,14 +15,15 @@ from datetime import UTC, datetime
 import grpc
 
 import audit
-from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES
+from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES, BundleError
 from appliance.logs import get_logger
 from appliance.proto import control_pb2 as pb
 from appliance.proto import control_pb2_grpc
 from appliance.state import Node, Run, RunPrivacy, RunStatus, State, StoredReceipt
 from appliance.superlink.audit_trail import actor_of
 from appliance.superlink.privacy import PrivacyTracker
-from appliance.superlink.runs import RunLauncher
+from appliance.superlink.runs import BUNDLE_SIGNATURE, RunLauncher
+from appliance.supernode.publisher import PublisherError, parse_bundle_signature
 from certs.grpc_auth import identity_from_context
 from certs.identity import Identity
 from certs.roles import Role
@@ -98,6 +99,27 @@ def _parse_run_config(text: str) -> dict[str, bool | int | float | str]:
     return config
 
 
+def _checked_signature(data: bytes, bundle_sha256: str) -> str:
+    """The publisher signature file's text, if it is well-formed and for this bundle.
+
+    The SuperLink cannot know which publishers a site trusts (sites check that);
+    it refuses garbage and a signature for another bundle up front.
+
+    Raises:
+        BundleError: malformed, or not over this bundle.
+    """
+    try:
+        signature = parse_bundle_signature(data)
+    except PublisherError as exc:
+        raise BundleError(f"the bundle signature is refused: {exc}") from None
+    if signature.bundle_sha256 != bundle_sha256:
+        raise BundleError(
+            f"the bundle signature is for sha256:{signature.bundle_sha256}, "
+            f"not this bundle (sha256:{bundle_sha256})"
+        )
+    return data.decode("utf-8")
+
+
 class ControlServicer(control_pb2_grpc.ControlServicer):
     """Serves the Control API to users."""
 
@@ -151,6 +173,8 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
         options: dict[str, object] = {"app_name": head.app_name, "app_version": head.app_version}
         if plan is not None:
             options["dp_plan"] = plan.describe()
+        if head.bundle_signature:
+            options[BUNDLE_SIGNATURE] = _checked_signature(head.bundle_signature, bundle.sha256)
         run = self._state.create_run(
             identity.name, bundle.sha256, run_config, options, actor=actor_of(identity)
         )

@@ -29,6 +29,7 @@ from appliance.receipts import RECEIPT_SIGNATURE_METHOD, Decision, Receipt, RunM
 from appliance.state import BlobRef, LogStream, Node, State, StoredReceipt
 from appliance.superlink.audit_trail import SuperLinkAudit, actor_of
 from appliance.superlink.hub import Hub
+from appliance.superlink.runs import BUNDLE_SIGNATURE
 from appliance.transport import REPLY_SIGNATURE_METHOD, reply_digest, witness_key_name
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata
 from audit import AuditError, parse_verifier_key
@@ -143,6 +144,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 run_id=run.run_id,
                 bundle_sha256=run.bundle_sha256,
                 run_config_json=run.run_config_json,
+                bundle_signature=str(run.options.get(BUNDLE_SIGNATURE, "")).encode("utf-8"),
             ),
         )
         tree_head = self._audit.latest()

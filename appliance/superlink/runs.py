@@ -33,7 +33,10 @@ from appliance.state import AuditActor, InvalidTransition, LogStream, RunStatus,
 from appliance.superlink.hub import Hub
 from appliance.superlink.serverapp_process import ENV_ADDRESS, ENV_MAX_REPLY_BYTES, ENV_TOKEN
 
-__all__ = ["RunLauncher"]
+__all__ = ["BUNDLE_SIGNATURE", "RunLauncher"]
+
+#: The run option holding the publisher signature submitted with a run (its JSON text).
+BUNDLE_SIGNATURE = "bundle_signature"
 
 _log = get_logger("appliance.superlink.runs")
 MAX_LOG_LINE = 8192

@@ -458,7 +458,9 @@ class SuperNode:
         charge: Charge | None = None
         try:
             if policy is not None:  # before a byte of the app is fetched or run
-                admitted = admit_bundle(policy, context.bundle_sha256)
+                admitted = admit_bundle(
+                    policy, context.bundle_sha256, signature=context.bundle_signature or None
+                )
                 _log.info("bundle admitted", run_id=run.run_id, via=admitted.via.value)
                 charge = self._budget.plan(policy, run.run_id, context.run_config_json)
                 if policy.approval.mode is ApprovalMode.MANUAL:

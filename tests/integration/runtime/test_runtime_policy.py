@@ -386,3 +386,78 @@ def test_the_privacy_plan_is_shown_and_each_site_books_it_against_its_caps(
     assert float(spent[-1]["epsilon"]) == pytest.approx(status["spent_epsilon"])
     code, listed, _ = federation.cli("alice", "ls", "--federation", "test")
     assert "ε 3.19/3.19 site-level" in listed
+
+
+def test_a_publisher_signed_bundle_runs_and_a_tampered_signature_does_not(
+    federation: Federation,
+):
+    root = federation.root
+    for who in ("publisher", "rogue"):
+        assert federation.cli("alice", "app", "keygen", "--out", str(root / who))[0] == 0
+        code, _, err = federation.cli(
+            "alice", "app", "sign", str(PROBE), "--key", str(root / who / "publisher.key"),
+            "--out", str(root / f"{who}.sig"),
+        )  # fmt: skip
+        assert code == 0, err
+    signed = json.loads((root / "publisher.sig").read_text())
+    flipped = signed["signature"][:10] + ("A" if signed["signature"][10] != "A" else "B")
+    (root / "tampered.sig").write_text(
+        json.dumps({**signed, "signature": flipped + signed["signature"][11:]})
+    )
+    site = root / "site.toml"
+    site.write_text(
+        '[apps]\nallow = []\ntrusted_publishers = ["publisher/publisher.pub"]\n'
+        '[egress]\nallowed_metric_keys = ["num-examples", "step"]\n'
+        '[execution]\nnetwork = "allowed"\n'
+    )
+    site.chmod(0o600)
+    start(federation, 1, site)
+
+    def run(*signature: str) -> tuple[int, str, str]:
+        return federation.cli(
+            "alice", "run", str(PROBE), "--federation", "test", *signature,
+            "--run-config", "num-server-rounds=1 min-nodes=1",
+        )  # fmt: skip
+
+    code, out, err = run("--signature", str(root / "publisher.sig"))
+    assert code == 0, err
+    assert "n1 accepted the run" in out and "final sum 10.0000" in out, out
+    for signature, reason in (
+        ("rogue.sig", "which this site does not trust"),
+        ("tampered.sig", "does not verify"),
+        (None, "carries no publisher signature"),
+    ):
+        code, out, err = run(*(["--signature", str(root / signature)] if signature else []))
+        assert code == 0, err
+        assert "n1 refused the run: site policy apps.trusted_publishers" in out, out
+        assert reason in out, out
+        assert "final sum 0.0000" in out
+    # A signature over another bundle is refused by the SuperLink before anything runs.
+    other = _variant(federation, "other-app", "# another bundle\n")
+    code, _, err = federation.cli(
+        "alice", "run", str(other), "--federation", "test",
+        "--signature", str(root / "publisher.sig"),
+    )  # fmt: skip
+    assert code == 5 and "the bundle signature is for sha256:" in err, err
+
+
+def test_an_oversized_reply_is_blocked_and_nothing_of_it_leaves(federation: Federation):
+    policy = _policy(
+        federation.root / "site.toml",
+        allow=[build_bundle(PROBE).sha256],
+    )
+    policy.write_text(
+        policy.read_text().replace("[egress]\n", "[egress]\nmax_reply_bytes = 4096\n", 1)
+    )
+    start(federation, 1, policy)
+    code, out, err = federation.cli(
+        "alice", "run", str(PROBE), "--federation", "test",
+        "--run-config", "size=100000 num-server-rounds=1 min-nodes=1",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "egress.max_reply_bytes" in out and "nothing of it left the site" in out, out
+    assert "final sum 0.0000" in out
+    (refused,) = _site_log(federation, "n1", "policy.refused")
+    assert "max_reply_bytes" in str(refused["reason"])
+    sent = _site_log(federation, "n1", "egress.reply")
+    assert sent and all(entry["bytes"] < 4096 for entry in sent)
