@@ -37,18 +37,15 @@ from appliance.message import Error, ErrorCode, Message
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto.fleet_pb2_grpc import FleetStub
 from appliance.receipts import Decision, Receipt, RunManifest
-from appliance.supernode.approvals import ApprovalBook, ApprovalState
-from appliance.supernode.budget import Charge, SiteBudget
+from appliance.supernode.admission import RunAdmission, RunStanding, policy_sha256
 from appliance.supernode.clientapp_runner import ClientAppProcess
 from appliance.supernode.limits import LimitError, check_network_isolation, grant_cpu_seconds
 from appliance.supernode.policy import (
-    ApprovalMode,
     EgressRefused,
     Network,
     PolicyError,
     PolicyRefused,
     SitePolicy,
-    admit_bundle,
     admit_message,
     check_data_path,
     host_mods,
@@ -67,7 +64,6 @@ from certs.roles import Role
 from certs.signing import EnvelopeKind, EnvelopeSigner
 from certs.unsafe_dev import UnsafeIdentityHeader
 from certs.verify import expiry_warning
-from dp.errors import LedgerError
 from secagg import CredentialsSource, make_secagg_mod
 
 __all__ = ["SuperNode", "SuperNodeConfig"]
@@ -115,11 +111,7 @@ class _Run:
     process: ClientAppProcess | None = None
     host_context: Context | None = None  # one per run: host mods keep state in it
     lock: threading.Lock = field(default_factory=threading.Lock)
-    decision: Decision | None = None  # the site's decision; None until taken
-    refusal: PolicyRefused | None = None  # why, when refused
-    pending_sent: bool = False  # the "waiting for approval" receipt went out
-    charge: Charge | None = None  # what the run costs this site's privacy budget
-    charged_rounds: set[str] = field(default_factory=set)  # group ids already booked
+    standing: RunStanding = field(default_factory=RunStanding)  # the site's decision
     parked: list[_Pulled] = field(default_factory=list)  # messages waiting for approval
 
 
@@ -181,9 +173,8 @@ class SuperNode:
         self.node_id = 0
         self._site_audit: SiteAudit | None = None
         self.node_name = ""
-        self._approvals = ApprovalBook(config.data_dir)
-        self._budget = SiteBudget(config.data_dir)
-        self._budget.configure(config.policy)
+        self._admission = RunAdmission(config.data_dir, self._send_receipt)
+        self._admission.configure(config.policy)
         self._approval_watch = threading.Thread(
             target=self._watch_approvals, name="approvals", daemon=True
         )
@@ -332,8 +323,7 @@ class SuperNode:
             except Exception:
                 _log.exception("final site audit tree head not signed")
         self._raw_channel.close()
-        self._approvals.close()
-        self._budget.close_ledger()
+        self._admission.close()
 
     # -- one message ---------------------------------------------------------------------
 
@@ -404,7 +394,10 @@ class SuperNode:
                     return
                 if policy is not None:
                     admit_message(policy, message)
-                if not self._admit_run(run, run_context, site):
+                admitted = self._admission.admit(
+                    run.standing, run_context, policy=policy, site=site, node_id=self.node_id
+                )
+                if not admitted:
                     run.parked.append(pulled)  # answered once the site administrator decides
                     _log.info("message waits for approval", run_id=run.run_id)
                     return
@@ -417,7 +410,7 @@ class SuperNode:
                 if run.process is None:
                     run.process = self._start_clientapp(run, run_context)
                 process = run.process
-                self._charge_round(run, message, site)
+                self._admission.charge_round(run.standing, message, site=site, node_id=self.node_id)
             except TreeHeadRefused as exc:
                 _log.error("SuperLink audit log refused", run_id=run.run_id, reason=str(exc))
                 site.refused(message, node_id=self.node_id, reason=str(exc))
@@ -436,82 +429,8 @@ class SuperNode:
 
     # -- the site's decision about a run -------------------------------------------------
 
-    def _admit_run(self, run: _Run, context: pb.RunContext, site: SiteAudit) -> bool:
-        """Decide (once) whether this site takes part in the run; ``False``: still pending.
-
-        The decision is recorded in the site log and sent as a signed receipt.
-
-        Raises:
-            PolicyRefused: the run is refused (now or earlier).
-        """
-        if run.decision is Decision.ACCEPTED:
-            return True
-        if run.refusal is not None:
-            raise run.refusal
-        policy = self._policy
-        manifest = RunManifest(
-            run_id=context.run_id,
-            bundle_sha256=context.bundle_sha256,
-            run_config_json=context.run_config_json,
-        )
-        decided_by = ""
-        charge: Charge | None = None
-        try:
-            if policy is not None:  # before a byte of the app is fetched or run
-                admitted = admit_bundle(
-                    policy, context.bundle_sha256, signature=context.bundle_signature or None
-                )
-                _log.info("bundle admitted", run_id=run.run_id, via=admitted.via.value)
-                charge = self._budget.plan(policy, run.run_id, context.run_config_json)
-                if policy.approval.mode is ApprovalMode.MANUAL:
-                    approval = self._approvals.request(manifest, self._policy_sha256())
-                    if approval.state is ApprovalState.PENDING:
-                        if not run.pending_sent:
-                            run.pending_sent = True
-                            _log.warning("run waits for approval", run_id=run.run_id)
-                            self._send_receipt(manifest, Decision.PENDING)
-                        return False
-                    decided_by = approval.decided_by
-                    if approval.state is not ApprovalState.APPROVED:
-                        raise PolicyRefused(
-                            "approval.mode",
-                            f"the site administrator refused run {run.run_id}: {approval.reason}",
-                        )
-                if charge is not None:
-                    self._budget.reserve(run.run_id, charge)
-                    _log.info(
-                        "privacy budget reserved", run_id=run.run_id, planned=str(charge.planned)
-                    )
-        except PolicyRefused as exc:
-            run.decision, run.refusal = Decision.REFUSED, exc
-            self._record_decision(run, manifest, site, reason=str(exc), decided_by=decided_by)
-            raise
-        run.decision, run.charge = Decision.ACCEPTED, charge
-        self._record_decision(run, manifest, site, reason="", decided_by=decided_by)
-        return True
-
-    def _policy_sha256(self) -> str:
-        """Hex SHA-256 of the site policy in force ("" without one)."""
-        policy = self._policy
-        return policy.policy_hash.removeprefix("sha256:") if policy is not None else ""
-
-    def _record_decision(
-        self, run: _Run, manifest: RunManifest, site: SiteAudit, *, reason: str, decided_by: str
-    ) -> None:
-        site.decided(
-            run.run_id,
-            node_id=self.node_id,
-            accepted=run.decision is Decision.ACCEPTED,
-            manifest_sha256=manifest.sha256,
-            policy_sha256=self._policy_sha256(),
-            reason=reason,
-            decided_by=decided_by,
-        )
-        assert run.decision is not None
-        self._send_receipt(manifest, run.decision, reason=reason, decided_by=decided_by)
-
     def _send_receipt(
-        self, manifest: RunManifest, decision: Decision, *, reason: str = "", decided_by: str = ""
+        self, manifest: RunManifest, decision: Decision, reason: str, decided_by: str
     ) -> None:
         """Sign and send the site's receipt (a failure is logged: the site log holds it)."""
         if self._signer is None:  # insecure development mode: nothing to sign with
@@ -521,7 +440,7 @@ class SuperNode:
             node=self.node_name,
             decision=decision,
             manifest_sha256=manifest.sha256,
-            policy_sha256=self._policy_sha256(),
+            policy_sha256=policy_sha256(self._policy),
             reason=reason,
             decided_by=decided_by,
         )
@@ -559,13 +478,12 @@ class SuperNode:
             self._record_reload(old, old, error=str(exc))
             return
         self._enforced = enforced
-        self._budget.configure(policy)
+        self._admission.configure(policy)
         with self._runs_lock:
             runs = list(self._runs.values())
         for run in runs:
             with run.lock:
-                if run.decision is not None:
-                    run.decision, run.refusal = None, None
+                run.standing.reconsider()
         _log.warning("site policy reloaded", previous=old, policy_hash=policy.policy_hash)
         self._record_reload(old, policy.policy_hash)
 
@@ -576,37 +494,6 @@ class SuperNode:
             self._site_audit.policy_reloaded(old, new, error=error)
         except Exception:
             _log.exception("policy reload not written to the site audit log")
-
-    def _charge_round(self, run: _Run, message: Message, site: SiteAudit) -> None:
-        """Book a training round in the privacy ledger before the ClientApp touches data.
-
-        Raises:
-            PolicyRefused: the round does not fit the run's reservation (or the ledger
-                refused it): the round does not run.
-        """
-        meta = message.metadata
-        training = meta.message_type == "train" or meta.message_type.startswith("train.")
-        if run.charge is None or not training:  # "train.*": the stages of a SecAgg+ round
-            return
-        if meta.group_id in run.charged_rounds:  # later SecAgg+ stages of the same round
-            return
-        try:
-            server_round = int(meta.group_id)
-        except ValueError:
-            server_round = len(run.charged_rounds) + 1
-        try:
-            spent = self._budget.charge_round(
-                run.run_id, run.charge, server_round, len(run.charged_rounds) + 1
-            )
-        except LedgerError as exc:
-            raise PolicyRefused(
-                "privacy", f"the privacy ledger refused this round: {exc}"
-            ) from None
-        run.charged_rounds.add(meta.group_id)
-        site.budget_spent(
-            run.run_id, node_id=self.node_id, dataset=self._budget.dataset, spend=spent,
-            server_round=server_round,
-        )  # fmt: skip
 
     def _watch_approvals(self) -> None:
         """Housekeeping: apply a requested policy reload; resume parked messages once the
@@ -619,7 +506,7 @@ class SuperNode:
                 waiting = [run for run in self._runs.values() if run.parked]
             for run in waiting:
                 try:
-                    approval = self._approvals.get(run.run_id)
+                    approval = self._admission.approvals.get(run.run_id)
                 except ApplianceError as exc:
                     _log.error("approval book unreadable", error=str(exc))
                     continue
@@ -783,9 +670,7 @@ class SuperNode:
             return
         if run.parked:
             _log.info("run ended before approval", run_id=run_id, waiting=len(run.parked))
-            self._approvals.withdraw(run_id)
-        if run.charge is not None:
-            self._budget.close(run_id, run.charge)
+        self._admission.ended(run_id, run.standing, waiting=bool(run.parked))
         with run.lock:
             if run.process is not None:
                 run.process.stop()
