@@ -1,0 +1,1 @@
+"""Bank example: three banks train a card-fraud detector with DP-SGD (Opacus)."""
