@@ -127,7 +127,7 @@ class DPPlan:
         if raw_mode is None or raw_mode == "":  # the other dp-* keys are then unused
             return None
         try:
-            mode = PlanMode(raw_mode)
+            mode = PlanMode(str(raw_mode))
         except ValueError:
             choices = ", ".join(repr(m.value) for m in PlanMode)
             raise InvalidPrivacyParameter(
