@@ -246,7 +246,14 @@ def run_hospital_app() -> str:
         f"({bundle.sha256[:12]})"
     )
     output: list[str] = []
-    config = {**spec.config, "secure-aggregation": True, "dp-mode": "central"}
+    # z = 0.7: with three hospitals the noise on the mean is large; at z = 1 about one
+    # run in twenty ends on a noisy last round (site-level epsilon: 26.3 vs 16.5).
+    config = {
+        **spec.config,
+        "secure-aggregation": True,
+        "dp-mode": "central",
+        "dp-noise-multiplier": 0.7,
+    }
     with ControlClient(user("dana")) as client:
         run_id = client.submit(bundle, config, app_name=spec.name, app_version=spec.version)
         for line in _follow(client, run_id):
