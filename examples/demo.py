@@ -32,7 +32,7 @@ from appliance.appconfig import load_app_spec
 from appliance.bundle import build_bundle
 from appliance.cli import main as greenhouse
 from appliance.federation import ControlClient, Federation
-from appliance.supernode.limits import LimitError, check_network_isolation
+from appliance.supernode.limits import network_isolation_available
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKDIR = ROOT / "var" / "demo"
@@ -136,20 +136,12 @@ network = "{network}"
 """
 
 
-def _network() -> str:
-    try:
-        check_network_isolation()
-    except LimitError:
-        return "allowed"
-    return "none"
-
-
 def write_site_policies(bundle_sha256: str) -> None:
     step(
         "each hospital writes its site.toml: allowlist the app, require SecAgg+ (>= 3 sites) "
         "and central DP, cap epsilon"
     )
-    network = _network()
+    network = "none" if network_isolation_available() else "allowed"
     for hospital in HOSPITALS:
         path = WORKDIR / "sites" / hospital / "site.toml"
         path.write_text(

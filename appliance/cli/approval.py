@@ -16,7 +16,8 @@ import click
 
 from appliance.supernode.approvals import Approval, ApprovalBook
 
-_DATA_DIR = click.option(
+#: ``--data-dir``: the SuperNode's data directory, for commands run on the site's host.
+SITE_DATA_DIR = click.option(
     "--data-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("supernode-data"),
@@ -48,7 +49,7 @@ def _describe(approval: Approval) -> dict[str, object]:
 
 
 @click.command(name="pending")
-@_DATA_DIR
+@SITE_DATA_DIR
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def pending(data_dir: Path, as_json: bool) -> None:
     """List the runs waiting for this site's approval, with what each would run."""
@@ -70,7 +71,7 @@ def pending(data_dir: Path, as_json: bool) -> None:
 
 @click.command(name="approve")
 @click.argument("run_id", type=int)
-@_DATA_DIR
+@SITE_DATA_DIR
 @click.option(
     "--manifest",
     "manifest_sha256",
@@ -93,7 +94,7 @@ def approve(run_id: int, data_dir: Path, manifest_sha256: str | None) -> None:
 
 @click.command(name="refuse")
 @click.argument("run_id", type=int)
-@_DATA_DIR
+@SITE_DATA_DIR
 @click.option("--reason", required=True, help="Why (sent to the data scientist, signed).")
 def refuse(run_id: int, data_dir: Path, reason: str) -> None:
     """Refuse a waiting run: it never starts at this site."""

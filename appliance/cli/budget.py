@@ -12,9 +12,9 @@ from pathlib import Path
 
 import click
 
+from appliance.cli.approval import SITE_DATA_DIR
 from appliance.errors import ApplianceError
-from appliance.supernode.budget import BUDGET_FILE
-from dp.ledger import BudgetLedger
+from appliance.supernode.budget import BUDGET_FILE, SiteBudget
 
 
 class NoLedger(ApplianceError):
@@ -27,24 +27,18 @@ def budget() -> None:
 
 
 @budget.command(name="show")
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("supernode-data"),
-    show_default=True,
-    help="The SuperNode's data directory.",
-)
+@SITE_DATA_DIR
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def show(data_dir: Path, as_json: bool) -> None:
     """Caps, spent, reserved and remaining epsilon per dataset and privacy unit."""
     path = data_dir / BUDGET_FILE
     if not path.is_file():
         raise NoLedger(f"no privacy ledger at {path}: is --data-dir the SuperNode's data dir?")
-    ledger = BudgetLedger.open(path)
+    site = SiteBudget(data_dir)
     try:
-        statuses = ledger.status()
+        statuses = site.status()
     finally:
-        ledger.close()
+        site.close_ledger()
     rows = [
         {
             "dataset": s.budget.dataset,

@@ -17,19 +17,23 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from appliance.logs import get_logger
 from appliance.state import LogStream, State, StateError
 from dp.errors import DPError
 from dp.plan import DPPlan, PlanMode
+from dp.spend import PrivacySpend
 
 __all__ = ["PrivacyTracker"]
 
 _log = get_logger("appliance.superlink.privacy")
 
 
-def _plan_json(plan: DPPlan) -> str:
-    return json.dumps(plan.describe(), sort_keys=True, separators=(",", ":"))
+@dataclass(frozen=True, slots=True)
+class _Figures:
+    spent: PrivacySpend
+    planned: PrivacySpend
 
 
 class PrivacyTracker:
@@ -51,16 +55,7 @@ class PrivacyTracker:
     def started(self, run_id: int, plan: DPPlan) -> None:
         """Store the planned spend and tell the run's log (raises ``DPError`` if the
         accountant cannot bound it: the run is refused)."""
-        planned = plan.spend()
-        self._state.set_run_privacy(
-            run_id,
-            plan_json=_plan_json(plan),
-            unit=planned.unit.value,
-            delta=planned.delta,
-            planned_epsilon=planned.epsilon,
-            spent_epsilon=0.0,
-            rounds_done=0,
-        )
+        planned = self._store(run_id, plan, 0).planned
         if plan.mode is PlanMode.CENTRAL:
             how = (
                 f"central DP, noise multiplier {plan.noise_multiplier:g}, clipping norm "
@@ -71,6 +66,20 @@ class PrivacyTracker:
             how = f"DP-SGD at each site, {plan.rounds} rounds"
         self._state.append_log(run_id, LogStream.SYSTEM, f"privacy plan: {planned} ({how})")
 
+    def _store(self, run_id: int, plan: DPPlan, rounds: int) -> _Figures:
+        """Store the run's planned spend and its spend after ``rounds`` rounds."""
+        figures = _Figures(spent=plan.spend(min(rounds, plan.rounds)), planned=plan.spend())
+        self._state.set_run_privacy(
+            run_id,
+            plan_json=json.dumps(plan.describe(), sort_keys=True, separators=(",", ":")),
+            unit=figures.spent.unit.value,
+            delta=figures.spent.delta,
+            planned_epsilon=figures.planned.epsilon,
+            spent_epsilon=figures.spent.epsilon,
+            rounds_done=min(rounds, plan.rounds),
+        )
+        return figures
+
     def rounds_done(self, run_id: int, run_config: Mapping[str, object], rounds: int) -> None:
         """After ``rounds`` rounds: recompute the spend in the background."""
         self._worker.submit(self._update, run_id, dict(run_config), rounds)
@@ -80,18 +89,8 @@ class PrivacyTracker:
             plan = DPPlan.from_run_config(run_config)
             if plan is None:
                 return
-            done = min(rounds, plan.rounds)
-            spent = plan.spend(done)
-            planned = plan.spend()
-            self._state.set_run_privacy(
-                run_id,
-                plan_json=_plan_json(plan),
-                unit=spent.unit.value,
-                delta=spent.delta,
-                planned_epsilon=planned.epsilon,
-                spent_epsilon=spent.epsilon,
-                rounds_done=done,
-            )
+            figures = self._store(run_id, plan, rounds)
+            spent, planned = figures.spent, figures.planned
             what = "per site, as planned" if plan.mode is PlanMode.DP_SGD else "spent"
             self._state.append_log(
                 run_id,

@@ -60,6 +60,7 @@ __all__ = [
     "check_network_isolation",
     "cpu_seconds_used",
     "grant_cpu_seconds",
+    "network_isolation_available",
 ]
 
 CLONE_NEWUSER = 0x10000000
@@ -178,6 +179,16 @@ def check_network_isolation() -> None:
             "SuperNode where they are allowed, or set network = 'allowed' and restrict the "
             "service instead (docs/site-policy.md)"
         )
+
+
+def network_isolation_available() -> bool:
+    """Whether ``network = "none"`` can be enforced here (:func:`check_network_isolation`
+    without the explanation)."""
+    try:
+        check_network_isolation()
+    except LimitError:
+        return False
+    return True
 
 
 def cpu_seconds_used(pid: int) -> float:

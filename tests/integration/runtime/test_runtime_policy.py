@@ -16,7 +16,7 @@ from runtime_harness import APPS, Federation, start, submitted_run, wait_for
 import audit
 from appliance.bundle import build_bundle
 from appliance.receipts import Decision, ReceiptInvalid, RunManifest, SignedReceipt
-from appliance.supernode.limits import LimitError, check_network_isolation
+from appliance.supernode.limits import network_isolation_available
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 PROBE = APPS / "probe"
@@ -39,6 +39,15 @@ def _policy(path: Path, *, allow: list[str], extra: str = "", network: str = "al
     )
     path.chmod(0o600)
     return path
+
+
+def _run(federation: Federation, *args: str, app: Path = PROBE, config: str = "") -> str:
+    """``greenhouse run APP --run-config CONFIG ARGS`` as alice; what it printed (the
+    submission itself must succeed: refusals by sites show in the run's log)."""
+    extra = ["--run-config", config] if config else []
+    code, out, err = federation.cli("alice", "run", str(app), "--federation", "test", *args, *extra)
+    assert code == 0, err
+    return out
 
 
 def _site_log(federation: Federation, node: str, action: str) -> list[dict[str, object]]:
@@ -65,10 +74,7 @@ def test_a_bundle_not_on_the_allowlist_never_runs(federation: Federation):
     )
     policy = _policy(federation.root / "site.toml", allow=[build_bundle(PROBE).sha256])
     start(federation, 2, policy)
-    code, out, err = federation.cli(
-        "alice", "run", str(app), "--federation", "test", "--run-config", "num-server-rounds=1"
-    )
-    assert code == 0, err
+    out = _run(federation, app=app, config="num-server-rounds=1")
     assert out.count("failure: error reply 6: site policy apps.allow") == 2, out
     # Each site's refusal is also a signed receipt the data scientist sees in the log.
     assert out.count("refused the run: site policy apps.allow") == 2, out
@@ -80,8 +86,7 @@ def test_a_bundle_not_on_the_allowlist_never_runs(federation: Federation):
         assert len(refusals) == 1 and "allowlist" in str(refusals[0]["reason"])
         assert _site_log(federation, node, "message.received") == []
     # The allowlisted app runs under the same policy.
-    code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
-    assert code == 0, err
+    out = _run(federation)
     assert "final sum 30.0000" in out
 
 
@@ -96,22 +101,10 @@ def test_required_secure_aggregation_refuses_plain_training(federation: Federati
         """,
     )
     start(federation, 3, policy)
-    code, out, err = federation.cli(
-        "alice", "run", str(PROBE), "--federation", "test", "--run-config", "num-server-rounds=1"
-    )
-    assert code == 0, err
+    out = _run(federation, config="num-server-rounds=1")
     assert out.count("privacy.require_secure_aggregation") == 3
     assert "final sum 0.0000" in out
-    code, out, err = federation.cli(
-        "alice",
-        "run",
-        str(PROBE),
-        "--federation",
-        "test",
-        "--run-config",
-        "secagg=true num-server-rounds=1 min-nodes=3",
-    )
-    assert code == 0, err
+    out = _run(federation, config="secagg=true num-server-rounds=1 min-nodes=3")
     final = float(re.search(r"final sum (\S+)", out).group(1))
     assert abs(final - 20.0) < 0.01  # steps 1, 2, 3 -> mean 2 on 10 weights
 
@@ -142,16 +135,7 @@ def test_egress_blocks_free_text_and_unlisted_metrics(federation: Federation):
     policy = _policy(federation.root / "site.toml", allow=digests)
     start(federation, 2, policy)
     for leaky in (app, leaky_text):
-        code, out, err = federation.cli(
-            "alice",
-            "run",
-            str(leaky),
-            "--federation",
-            "test",
-            "--run-config",
-            "num-server-rounds=1",
-        )
-        assert code == 0, err
+        out = _run(federation, app=leaky, config="num-server-rounds=1")
         assert out.count("reply blocked, nothing of it left the site") == 2, out
         assert "final sum 0.0000" in out
         assert "Jane Doe" not in out
@@ -178,59 +162,26 @@ def test_resource_limits_stop_runaway_clientapps_and_the_node_keeps_serving(
         """,
     )
     start(federation, 2, policy)
-    code, out, err = federation.cli(
-        "alice",
-        "run",
-        str(PROBE),
-        "--federation",
-        "test",
-        "--run-config",
-        "hog='memory' num-server-rounds=1",
-    )
-    assert code == 0, err
+    out = _run(federation, config="hog='memory' num-server-rounds=1")
     assert out.count("MemoryError") == 2, out
-    code, out, err = federation.cli(
-        "alice",
-        "run",
-        str(PROBE),
-        "--federation",
-        "test",
-        "--run-config",
-        "hog='loop' num-server-rounds=1 min-nodes=1",
-    )
-    assert code == 0, err
+    out = _run(federation, config="hog='loop' num-server-rounds=1 min-nodes=1")
     assert "did not reply within 4 s" in out
     assert "final sum 20.0000" in out  # node 2 (step 2) trained; node 1 was stopped
-    code, out, err = federation.cli("alice", "run", str(PROBE), "--federation", "test")
-    assert code == 0, err
+    out = _run(federation)
     assert "final sum 30.0000" in out  # both nodes serve the next run normally
 
 
-def _isolation_available() -> bool:
-    try:
-        check_network_isolation()
-    except LimitError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _isolation_available(), reason="no user namespaces on this host")
+@pytest.mark.skipif(not network_isolation_available(), reason="no user namespaces on this host")
 def test_network_none_leaves_the_clientapp_without_a_network(federation: Federation):
     policy = _policy(
         federation.root / "site.toml", allow=[build_bundle(PROBE).sha256], network="none"
     )
     start(federation, 2, policy)
     # The app tries the SuperLink's own fleet port, which the SuperNode itself reaches.
-    code, out, err = federation.cli(
-        "alice",
-        "run",
-        str(PROBE),
-        "--federation",
-        "test",
-        "--run-config",
-        f"hog='network' reach='127.0.0.1:{federation.fleet_port}' num-server-rounds=1",
+    out = _run(
+        federation,
+        config=f"hog='network' reach='127.0.0.1:{federation.fleet_port}' num-server-rounds=1",
     )
-    assert code == 0, err
     assert "the network is reachable" not in out, out
     assert "final sum 15.0000" in out, out  # both nodes trained (steps 1 and 2)
 
@@ -244,11 +195,7 @@ def test_manual_approval_holds_the_run_and_every_decision_is_a_signed_receipt(
         extra='[approval]\nmode = "manual"\n',
     )
     start(federation, 2, policy)
-    code, out, err = federation.cli(
-        "alice", "run", str(PROBE), "--federation", "test", "--detach",
-        "--run-config", "num-server-rounds=1 min-nodes=1",
-    )  # fmt: skip
-    assert code == 0, err
+    out = _run(federation, "--detach", config="num-server-rounds=1 min-nodes=1")
     run_id = submitted_run(out)
 
     def listed() -> str:
@@ -319,11 +266,7 @@ def test_sighup_reloads_the_policy_and_an_invalid_file_keeps_the_old_one(
     start(federation, 1, site)
 
     def run() -> str:
-        code, out, err = federation.cli(
-            "alice", "run", str(PROBE), "--federation", "test",
-            "--run-config", "num-server-rounds=1 min-nodes=1",
-        )  # fmt: skip
-        assert code == 0, err
+        out = _run(federation, config="num-server-rounds=1 min-nodes=1")
         return out
 
     def reload(marker: str) -> None:
@@ -356,12 +299,11 @@ def test_the_privacy_plan_is_shown_and_each_site_books_it_against_its_caps(
     start(federation, 1, policy)
 
     def run(noise: float, rounds: int) -> str:
-        code, out, err = federation.cli(
-            "alice", "run", str(PROBE), "--federation", "test", "--run-config",
-            f"dp-mode='central' dp-noise-multiplier={noise} num-server-rounds={rounds} "
+        out = _run(
+            federation,
+            config=f"dp-mode='central' dp-noise-multiplier={noise} num-server-rounds={rounds} "
             "min-nodes=1",
-        )  # fmt: skip
-        assert code == 0, err
+        )
         return out
 
     fits = run(2.0, 2)  # the site books ε 3.19 (no sampling amplification)
@@ -413,22 +355,17 @@ def test_a_publisher_signed_bundle_runs_and_a_tampered_signature_does_not(
     site.chmod(0o600)
     start(federation, 1, site)
 
-    def run(*signature: str) -> tuple[int, str, str]:
-        return federation.cli(
-            "alice", "run", str(PROBE), "--federation", "test", *signature,
-            "--run-config", "num-server-rounds=1 min-nodes=1",
-        )  # fmt: skip
+    def run(*signature: str) -> str:
+        return _run(federation, *signature, config="num-server-rounds=1 min-nodes=1")
 
-    code, out, err = run("--signature", str(root / "publisher.sig"))
-    assert code == 0, err
+    out = run("--signature", str(root / "publisher.sig"))
     assert "n1 accepted the run" in out and "final sum 10.0000" in out, out
     for signature, reason in (
         ("rogue.sig", "which this site does not trust"),
         ("tampered.sig", "does not verify"),
         (None, "carries no publisher signature"),
     ):
-        code, out, err = run(*(["--signature", str(root / signature)] if signature else []))
-        assert code == 0, err
+        out = run(*(["--signature", str(root / signature)] if signature else []))
         assert "n1 refused the run: site policy apps.trusted_publishers" in out, out
         assert reason in out, out
         assert "final sum 0.0000" in out
@@ -450,11 +387,7 @@ def test_an_oversized_reply_is_blocked_and_nothing_of_it_leaves(federation: Fede
         policy.read_text().replace("[egress]\n", "[egress]\nmax_reply_bytes = 4096\n", 1)
     )
     start(federation, 1, policy)
-    code, out, err = federation.cli(
-        "alice", "run", str(PROBE), "--federation", "test",
-        "--run-config", "size=100000 num-server-rounds=1 min-nodes=1",
-    )  # fmt: skip
-    assert code == 0, err
+    out = _run(federation, config="size=100000 num-server-rounds=1 min-nodes=1")
     assert "egress.max_reply_bytes" in out and "nothing of it left the site" in out, out
     assert "final sum 0.0000" in out
     (refused,) = _site_log(federation, "n1", "policy.refused")

@@ -22,6 +22,7 @@ from appliance.supernode.limits import (
     check_network_isolation,
     cpu_seconds_used,
     grant_cpu_seconds,
+    network_isolation_available,
 )
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux limits")
@@ -110,15 +111,7 @@ def test_invalid_limits_are_refused():
         ResourceLimits(memory_bytes=None, cpu_seconds=0, isolate_network=False)
 
 
-def _isolation_available() -> bool:
-    try:
-        check_network_isolation()
-    except LimitError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _isolation_available(), reason="no user namespaces on this host")
+@pytest.mark.skipif(not network_isolation_available(), reason="no user namespaces on this host")
 def test_isolated_child_reaches_no_network_and_keeps_its_uid(tmp_path):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
