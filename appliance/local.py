@@ -51,7 +51,8 @@ class _LocalSecAgg:
     """The SecAgg+ host mod a SuperNode would run, for logical nodes in one process.
 
     Built on the first SecAgg+ message, with an in-process keyring standing in for
-    the federation CA (it warns that it is unsafe outside local runs).
+    the federation CA (it warns that it is unsafe outside local runs). It adds the
+    nodes' noise shares when the run's plan is distributed DP.
     """
 
     def __init__(self) -> None:
@@ -63,7 +64,11 @@ class _LocalSecAgg:
         if message.metadata.message_type not in set(MESSAGE_TYPES.values()):
             return call_next(message, context)
         if self._mod is None:
-            self._mod = make_secagg_mod(UnsafeLocalKeyring().source())
+            from appliance.distributed_dp import SkellamEncoder
+
+            self._mod = make_secagg_mod(
+                UnsafeLocalKeyring().source(), integer_encoder=SkellamEncoder()
+            )
         return self._mod(message, context, call_next)
 
 

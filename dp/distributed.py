@@ -54,6 +54,7 @@ __all__ = [
     "add_noise_share",
     "dequantize",
     "from_modular",
+    "planned_skellam_spend",
     "quantize",
     "required_modulus_bits",
     "skellam_rdp",
@@ -253,4 +254,40 @@ def skellam_spend(
         )
     rdp = [sum(skellam_rdp(a, l1=l1, l2=l2, variance=v) for v in variances) for a in RDP_ORDERS]
     eps, _ = compute_epsilon(RDP_ORDERS, rdp, d)
+    return PrivacySpend(epsilon=float(eps), delta=d, unit=PrivacyUnit.SITE)
+
+
+def planned_skellam_spend(
+    *, noise_multiplier: float, scaled_clipping_norm: float, rounds: int, delta: float
+) -> PrivacySpend:
+    """A site-level (epsilon, delta) bound for ``rounds`` Skellam rounds, whatever the
+    model's dimension and however many shares beyond the planned minimum survive.
+
+    With summed noise of variance ``(z Δ2)^2`` (shares sized for the minimum
+    survivors, so at least that much noise is always present), Corollary 3.6 of
+    Agarwal et al. reads ``alpha / (2 z^2) + min(((2 alpha - 1) Δ2^2 + 6 Δ1) /
+    (4 z^4 Δ2^4), 3 Δ1 / (2 z^2 Δ2^2))``. It grows with ``Δ1 <= Δ2^2`` and shrinks
+    as ``Δ2`` grows, and ``Δ2 >= gamma C`` (``scaled_clipping_norm``) at any
+    dimension, so evaluating it with ``Δ2 = gamma C`` and ``Δ1 = Δ2^2`` bounds every
+    actual round from above. This is what a run's plan reports before the model's
+    size or the round's survivors are known; :func:`skellam_spend` is the exact
+    figure for known survivors.
+
+    Raises:
+        InvalidPrivacyParameter: a parameter out of range.
+        AccountingError: the bound is infinite.
+    """
+    z = check_noise_multiplier(noise_multiplier)
+    scaled = check_clipping_norm(scaled_clipping_norm, "scaled clipping norm")
+    count = check_count(rounds, "rounds", minimum=0)
+    d = check_delta(delta, allow_zero=False)
+    if count == 0:
+        return PrivacySpend(epsilon=0.0, delta=d, unit=PrivacyUnit.SITE)
+    variance = (z * scaled) ** 2
+    rdp = [
+        count * skellam_rdp(a, l1=scaled * scaled, l2=scaled, variance=variance) for a in RDP_ORDERS
+    ]
+    eps, _ = compute_epsilon(RDP_ORDERS, rdp, d)
+    if not math.isfinite(eps):
+        raise AccountingError(f"epsilon is unbounded for noise multiplier {z}")
     return PrivacySpend(epsilon=float(eps), delta=d, unit=PrivacyUnit.SITE)

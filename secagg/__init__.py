@@ -63,7 +63,7 @@ from secagg.messages import (
     UnmaskReply,
     UnmaskRequest,
 )
-from secagg.mod import is_secagg_mod, make_secagg_mod
+from secagg.mod import IntegerEncoder, is_secagg_mod, make_secagg_mod
 from secagg.params import (
     GraphParams,
     RoundConfig,
@@ -87,6 +87,7 @@ __all__ = [
     "Ed25519Signer",
     "EncryptedShare",
     "GraphParams",
+    "IntegerEncoder",
     "KeyDirectory",
     "MalformedMessage",
     "MaskedInput",

@@ -53,7 +53,7 @@ from secagg.messages import (
 )
 from secagg.params import RoundConfig, RoundParams, derive_round_params
 from secagg.primitives import prg, shamir
-from secagg.quantize import Quantizer
+from secagg.quantize import Quantizer, encode_integers
 from secagg.roster import VerifiedRoster, verify_roster
 
 __all__ = ["ClientRound", "check_setup_policy"]
@@ -120,7 +120,7 @@ class ClientRound:
         self._mask_key: X25519PrivateKey | None = None
         self._mask_secret = 0
         self._self_mask_seed = 0
-        self._input: npt.NDArray[np.uint32] | None = None
+        self._input: npt.NDArray[np.uint32] | npt.NDArray[np.uint64] | None = None
         self._weight = 0
         self._held: dict[int, tuple[int, int]] = {}
         # Public state fixed at SHARE_KEYS.
@@ -185,7 +185,9 @@ class ClientRound:
     ) -> AdvertisedKeys:
         """Join the round with ``values`` (array elements then metrics) and ``weight``.
 
-        The input is quantized now and kept in memory until it is masked.
+        The input is quantized now and kept in memory until it is masked. In a round
+        with integer inputs, ``values`` are the client's own centred integers
+        (``num_values`` of them) and ``weight`` must be 1.
 
         Raises:
             PolicyRefused: fewer nodes invited than the site's minimum cohort, or the
@@ -204,8 +206,11 @@ class ClientRound:
             raise ParameterError(f"the weight must be an integer, got {type(weight).__name__}")
         if not 1 <= int(weight) <= config.max_weight:
             raise ParameterError(f"weight {weight} is outside 1..{config.max_weight}")
-        quantizer = Quantizer.for_config(config)
-        self._input = quantizer.quantize(values, crypto.rounding_key(self._rng))
+        if config.integer_inputs:  # max_weight is 1: the weight counts the contributor
+            self._input = encode_integers(values, config)
+        else:
+            quantizer = Quantizer.for_config(config)
+            self._input = quantizer.quantize(values, crypto.rounding_key(self._rng))
         self._weight = int(weight)
         self._cipher_key = crypto.private_key(shamir.random_element(self._rng))
         self._mask_secret = shamir.random_element(self._rng)

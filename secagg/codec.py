@@ -170,9 +170,30 @@ def encode_setup(request: SetupRequest, spec: TrainSpec, train_content: RecordDi
             "arrays-key": spec.arrays_key,
             "weighted-by-key": spec.weighted_by_key,
             "metric-keys": list(spec.metric_keys),
+            **_integer_fields(c),
         },
     )
     return content
+
+
+def _integer_fields(config: RoundConfig) -> dict[str, Any]:
+    """The integer-input fields, present only in such rounds (older peers never see them)."""
+    if not config.integer_inputs:
+        return {}
+    return {
+        "integer-scale": float(config.integer_scale),
+        "integer-modulus-bits": config.integer_modulus_bits,
+    }
+
+
+def _read_integer_fields(r: _Reader) -> dict[str, Any]:
+    present = [k for k in ("integer-scale", "integer-modulus-bits") if k in r.record]
+    if not present:
+        return {}
+    return {
+        "integer_scale": r.get("integer-scale", float),
+        "integer_modulus_bits": r.get("integer-modulus-bits", int),
+    }
 
 
 def decode_setup(message: Message) -> tuple[SetupRequest, TrainSpec, RecordDict]:
@@ -200,6 +221,7 @@ def decode_setup(message: Message) -> tuple[SetupRequest, TrainSpec, RecordDict]
             max_weight=r.get("max-weight", int),
             min_participants=r.get("min-participants", int),
             invited=r.get("invited", int),
+            **_read_integer_fields(r),
         )
     except ParameterError as exc:
         raise _fail(Stage.SETUP, None, str(exc)) from None

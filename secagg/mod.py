@@ -16,6 +16,11 @@ Site policy (``min_cohort > 0``) makes the mod refuse, with a ``POLICY_REFUSED``
 error reply, any ``train`` message that is not part of a SecAgg+ round and any
 round with fewer than ``min_cohort`` invited nodes, participants or survivors.
 
+Integer rounds (``RoundConfig.integer_inputs``): the node encodes its update itself
+through the mod's :class:`IntegerEncoder` (say, clip, scale, round and add its
+distributed-DP noise share); a node without one refuses such rounds. The encoder
+also sees every round's config before the app trains, and may refuse it.
+
 Round state is kept per ``(run_id, node_id)`` in the mod object, so one mod can
 serve many logical nodes (the local runner). In a deployment the ClientApp process
 lives for the whole run, so the state survives between stages; if it does not,
@@ -27,7 +32,7 @@ from __future__ import annotations
 import os
 import threading
 from dataclasses import replace
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -55,9 +60,33 @@ from secagg.errors import (
 )
 from secagg.identity import CredentialsSource
 from secagg.messages import Stage
+from secagg.params import RoundConfig
 from secagg.quantize import Quantizer
 
-__all__ = ["is_secagg_mod", "make_secagg_mod"]
+__all__ = ["IntegerEncoder", "is_secagg_mod", "make_secagg_mod"]
+
+
+class IntegerEncoder(Protocol):
+    """How a node encodes its own input for integer rounds, and which rounds it takes."""
+
+    def check(self, config: RoundConfig, context: Context) -> None:
+        """Called for every round before the app trains.
+
+        Raises:
+            PolicyRefused: the node does not take part in rounds like this one.
+        """
+        ...
+
+    def encode(
+        self, update: npt.NDArray[np.float64], config: RoundConfig, context: Context
+    ) -> npt.NDArray[np.int64]:
+        """The centred integers an integer round gets for ``update`` (``reply - model``).
+
+        Raises:
+            ParameterError: the update cannot be encoded.
+        """
+        ...
+
 
 _log = get_logger("secagg.mod")
 
@@ -86,7 +115,7 @@ def _metric(content: RecordDict, key: str) -> float:
 
 
 def _flatten_update(
-    content: RecordDict, reference: ArrayRecord, spec: TrainSpec
+    content: RecordDict, reference: ArrayRecord, spec: TrainSpec, *, weighted: bool = True
 ) -> tuple[npt.NDArray[np.float64], int]:
     """The SecAgg+ input of a train reply: ``reply - reference`` flattened, metrics, weight.
 
@@ -110,7 +139,7 @@ def _flatten_update(
         delta = np.subtract(found, expected, dtype=np.float64).reshape(-1)
         parts.append(delta)
     parts.append(np.array([_metric(content, key) for key in spec.metric_keys], dtype=np.float64))
-    return np.concatenate(parts), _weight(content, spec.weighted_by_key)
+    return np.concatenate(parts), _weight(content, spec.weighted_by_key) if weighted else 1
 
 
 class _SecAggMod:
@@ -121,8 +150,10 @@ class _SecAggMod:
         min_cohort: int,
         min_corrupted_fraction: float,
         rng: Rng,
+        integer_encoder: IntegerEncoder | None,
     ) -> None:
         self._credentials = credentials
+        self._encoder = integer_encoder
         self._min_cohort = min_cohort
         self._min_corrupted_fraction = min_corrupted_fraction
         self._rng = rng
@@ -195,15 +226,26 @@ class _SecAggMod:
             raise MalformedMessage(
                 "setup's model size differs from its num-values", stage=Stage.SETUP
             )
+        config = request.config
+        if self._encoder is not None:
+            self._encoder.check(config, context)
+        elif config.integer_inputs:
+            raise ParameterError("the round takes integer inputs; this node has no encoder")
         train = Message.from_parts(replace(message.metadata, message_type="train"), train_content)
         reply = call_next(train, context)
         if reply.has_error():
             return Message(reply.error, reply_to=message)
-        values, weight = _flatten_update(reply.content, reference, spec)
+        values, weight = _flatten_update(
+            reply.content, reference, spec, weighted=not config.integer_inputs
+        )
         del reply
-        clipped = Quantizer.for_config(request.config).count_clipped(values)
-        if clipped:
-            _log.warning("secagg input clipped", node=context.node_id, values=clipped)
+        if config.integer_inputs:
+            assert self._encoder is not None
+            values = self._encoder.encode(values, config, context)
+        else:
+            clipped = Quantizer.for_config(config).count_clipped(values)
+            if clipped:
+                _log.warning("secagg input clipped", node=context.node_id, values=clipped)
         client = ClientRound(
             node_id=context.node_id,
             credentials=self._credentials(context),
@@ -238,6 +280,7 @@ def make_secagg_mod(
     min_cohort: int = 0,
     min_corrupted_fraction: float = 0.0,
     rng: Rng = os.urandom,
+    integer_encoder: IntegerEncoder | None = None,
 ) -> Mod:
     """A ClientApp mod that answers SecAgg+ rounds for the node in each message's context.
 
@@ -249,6 +292,8 @@ def make_secagg_mod(
             any round with fewer than this many invited nodes, participants or survivors.
         min_corrupted_fraction: site policy; refuse rounds assuming fewer colluders.
         rng: cryptographically secure random bytes.
+        integer_encoder: how this node encodes its update in integer rounds (e.g. with
+            its distributed-DP noise share), and which rounds it takes part in.
 
     Returns:
         The mod; put it in ``ClientApp(mods=[...])`` or pass it as a host mod.
@@ -263,7 +308,11 @@ def make_secagg_mod(
             f"min_corrupted_fraction must be in [0, 0.5), got {min_corrupted_fraction}"
         )
     return _SecAggMod(
-        credentials, min_cohort=min_cohort, min_corrupted_fraction=min_corrupted_fraction, rng=rng
+        credentials,
+        min_cohort=min_cohort,
+        min_corrupted_fraction=min_corrupted_fraction,
+        rng=rng,
+        integer_encoder=integer_encoder,
     )
 
 

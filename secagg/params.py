@@ -29,6 +29,14 @@ integers in ``[0, L]`` with ``L = 2**bits - 1``; a client adds ``weight * q`` wi
 integer ``weight <= max_weight``, so the sum is at most ``n * max_weight * L``. The
 modulus is ``2**32`` when that bound is below it (masked vectors travel as uint32),
 else ``2**64`` (uint64); a larger bound is refused: the sum can never wrap.
+
+Integer inputs (``integer_scale > 0``): each client contributes a vector of centred
+integers it encoded itself (for example values scaled by ``integer_scale``, rounded
+and noised by a distributed DP mechanism), reduced modulo ``2**integer_modulus_bits``
+(32 or 64, chosen by the caller, who knows how large the noisy sum can grow). Every
+client counts once (``max_weight = 1``; the last element sums to the number of
+contributors) and no metrics travel. The server lifts the sum back to centred
+integers and divides by ``integer_scale`` times the count.
 """
 
 from __future__ import annotations
@@ -191,6 +199,9 @@ class RoundConfig:
         max_weight: largest integer weight a client may contribute.
         min_participants: fewest participants (after advertisement) the round accepts.
         invited: how many nodes the server invited (sites may refuse small cohorts early).
+        integer_scale: 0 for fixed-point inputs; > 0: clients send centred integers
+            in units of ``1 / integer_scale`` (see the module docstring).
+        integer_modulus_bits: with integer inputs, the modulus' bits (32 or 64).
     """
 
     round_id: bytes = field(repr=False)
@@ -206,6 +217,8 @@ class RoundConfig:
     max_weight: int = 4096
     min_participants: int = 3
     invited: int
+    integer_scale: float = 0.0
+    integer_modulus_bits: int = 0
 
     def __post_init__(self) -> None:
         if not isinstance(self.round_id, bytes) or len(self.round_id) != ROUND_ID_BYTES:
@@ -235,11 +248,42 @@ class RoundConfig:
             raise ParameterError(
                 f"{self.invited} nodes invited, fewer than min_participants {self.min_participants}"
             )
+        if self.integer_inputs:
+            self._check_integer_inputs()
+            return
+        if self.integer_modulus_bits:
+            raise ParameterError("integer_modulus_bits is only used with integer_scale > 0")
         choose_modulus_bits(
             self.invited,
             quantization_bits=self.quantization_bits,
             max_weight=self.max_weight,
         )
+
+    def _check_integer_inputs(self) -> None:
+        scale = self.integer_scale
+        if isinstance(scale, bool) or not isinstance(scale, int | float):
+            raise ParameterError("integer_scale must be a number")
+        if not (math.isfinite(scale) and 0 < scale <= 1e15):
+            raise ParameterError(f"integer_scale must be finite and in (0, 1e15], got {scale}")
+        if self.integer_modulus_bits not in (32, 64):
+            raise ParameterError(
+                "integer inputs need integer_modulus_bits 32 or 64, got "
+                f"{self.integer_modulus_bits}"
+            )
+        if self.num_metrics:
+            raise ParameterError("integer inputs carry no metrics (num_metrics must be 0)")
+        if self.max_weight != 1:
+            raise ParameterError("with integer inputs every client counts once (max_weight 1)")
+
+    @property
+    def integer_inputs(self) -> bool:
+        """Whether clients send their own centred integers (``integer_scale > 0``)."""
+        return self.integer_scale != 0
+
+    @property
+    def modulus_bits(self) -> int | None:
+        """The modulus' bits when the config fixes it (integer inputs), else ``None``."""
+        return self.integer_modulus_bits if self.integer_inputs else None
 
     @property
     def vector_length(self) -> int:
@@ -264,7 +308,10 @@ class RoundConfig:
             self.min_participants,
             self.invited,
         )
-        return hashlib.sha256(b"greenhouse/secagg/round-config/v1\x00" + packed).digest()
+        if not self.integer_inputs:
+            return hashlib.sha256(b"greenhouse/secagg/round-config/v1\x00" + packed).digest()
+        packed += struct.pack(">dB", float(self.integer_scale), self.integer_modulus_bits)
+        return hashlib.sha256(b"greenhouse/secagg/round-config/v2\x00" + packed).digest()
 
 
 def _check_int(name: str, value: object, low: int, high: int) -> None:
@@ -328,7 +375,7 @@ def derive_round_params(config: RoundConfig, n: int) -> RoundParams:
         neighbours=config.neighbours or None,
         threshold=config.threshold or None,
     )
-    bits = choose_modulus_bits(
+    bits = config.modulus_bits or choose_modulus_bits(
         n, quantization_bits=config.quantization_bits, max_weight=config.max_weight
     )
     return RoundParams(config=config, graph=graph, modulus_bits=bits)

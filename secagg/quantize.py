@@ -28,7 +28,7 @@ from secagg.messages import Stage
 from secagg.params import RoundConfig
 from secagg.primitives.prg import expand_words
 
-__all__ = ["Quantizer", "SecureMean"]
+__all__ = ["Quantizer", "SecureMean", "decode_sum", "encode_integers"]
 
 _TWO_32 = float(2**32)
 
@@ -148,3 +148,57 @@ class Quantizer:
             part -= bound
             result.append(part)
         return SecureMean(values=result[0], metrics=result[1], total_weight=weight)
+
+
+def encode_integers(values: npt.NDArray[Any], config: RoundConfig) -> npt.NDArray[np.uint64]:
+    """A client's centred integer input reduced modulo ``2**64`` (two's complement).
+
+    Masking later reduces it further to the round's modulus, which is a power of two,
+    so the residue modulo ``2**integer_modulus_bits`` is exact.
+
+    Raises:
+        ParameterError: the round does not take integer inputs, or ``values`` is not
+            a flat integer vector of ``num_values`` elements.
+    """
+    if not config.integer_inputs:
+        raise ParameterError("this round takes fixed-point inputs, not integers")
+    array = np.asarray(values)
+    if array.dtype.kind not in "iu" or array.shape != (config.num_values,):
+        raise ParameterError(
+            f"integer input must be {config.num_values} integers, got "
+            f"{array.dtype.name}{list(array.shape)}"
+        )
+    return array.astype(np.int64).view(np.uint64)
+
+
+def _centred_mean(total: npt.NDArray[Any], config: RoundConfig) -> SecureMean:
+    bits = config.integer_modulus_bits
+    count = int(total[-1])
+    if not 1 <= count <= config.invited:
+        raise ProtocolViolation(
+            f"the unmasked contributor count {count} is impossible for {config.invited} "
+            "invited clients",
+            node_id=None,
+            stage=Stage.UNMASK,
+        )
+    sums = total[:-1].astype(np.uint64).view(np.int64)
+    if bits < 64:  # lift Z_(2^bits) to [-2^(bits-1), 2^(bits-1))
+        half = 1 << (bits - 1)
+        sums = np.where(sums >= half, sums - (1 << bits), sums)
+    means = sums.astype(np.float64)
+    means /= config.integer_scale * count
+    return SecureMean(values=means, metrics=np.zeros(0), total_weight=count)
+
+
+def decode_sum(total: npt.NDArray[Any], config: RoundConfig) -> SecureMean:
+    """The round's result from its unmasked sum, for either kind of input.
+
+    Fixed-point inputs: :meth:`Quantizer.dequantize`. Integer inputs: the centred
+    sum divided by ``integer_scale`` times the number of contributors.
+
+    Raises:
+        ProtocolViolation: the sum is impossible for honest inputs.
+    """
+    if config.integer_inputs:
+        return _centred_mean(total, config)
+    return Quantizer.for_config(config).dequantize(total)

@@ -36,7 +36,7 @@ from secagg.errors import ParameterError, ProtocolViolation, SecAggError
 from secagg.identity import KeyDirectory
 from secagg.messages import ServerMessage, Stage
 from secagg.params import ROUND_ID_BYTES, RoundConfig, derive_round_params
-from secagg.quantize import Quantizer, SecureMean
+from secagg.quantize import SecureMean, decode_sum
 from secagg.server import ServerRound
 
 __all__ = ["SecAggPlus"]
@@ -57,6 +57,14 @@ class SecAggPlus:
         quantization_bits: levels per element are ``2**bits``; the mean is within
             ``2 * clip_range / (2**bits - 1)`` of the exact weighted mean.
         max_weight: largest integer weight (e.g. ``num-examples``) a node may report.
+        integer_scale: if set, the round takes *integer inputs*: each node encodes its
+            update itself as centred integers in units of ``1 / integer_scale`` (for
+            example with its distributed-DP noise share; the node's SecAgg+ mod needs
+            an ``integer_encoder``), every node counts once, no metrics travel, and
+            the mean is the lifted sum over ``integer_scale`` times the contributors.
+            ``clip_range``, ``quantization_bits`` and ``max_weight`` are then unused.
+        integer_modulus_bits: the modulus for integer inputs, 32 or 64 bits: it must
+            hold the centred sum of every contributor's integers.
         metric_keys: train metrics to average securely (others never leave the sites).
         metric_range: those metrics are clipped to ``[-metric_range, metric_range]``.
         min_participants: fewest nodes that must advertise keys (>= 3).
@@ -81,6 +89,8 @@ class SecAggPlus:
         clip_range: float = 1.0,
         quantization_bits: int = 16,
         max_weight: int = 4096,
+        integer_scale: float | None = None,
+        integer_modulus_bits: int = 64,
         metric_keys: Sequence[str] = (),
         metric_range: float = 100.0,
         min_participants: int = 3,
@@ -101,6 +111,12 @@ class SecAggPlus:
             "metric_range": metric_range,
             "min_participants": min_participants,
         }
+        if integer_scale is not None:
+            self._settings.update(
+                integer_scale=integer_scale,
+                integer_modulus_bits=integer_modulus_bits,
+                max_weight=1,
+            )
         self.metric_keys = tuple(metric_keys)
         if len(set(self.metric_keys)) != len(self.metric_keys):
             raise ParameterError("metric_keys repeats a key")
@@ -164,7 +180,7 @@ class SecAggPlus:
         failures: dict[int, str] = {}
         try:
             total = self._run(grid, server, by_node, spec, timeout, failures)
-            mean = Quantizer.for_config(config).dequantize(total)
+            mean = decode_sum(total, config)
         except SecAggError as exc:
             _log.warning("secagg round failed", stage=server.stage.value, error=str(exc))
             return SecureRoundResult(

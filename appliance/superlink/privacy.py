@@ -62,6 +62,13 @@ class PrivacyTracker:
                 f"{plan.clipping_norm:g}, sampling rate {plan.sampling_rate:g}, "
                 f"{plan.rounds} rounds, {plan.accountant.upper()}"
             )
+        elif plan.mode is PlanMode.DISTRIBUTED:
+            how = (
+                f"distributed DP, Skellam noise shares under SecAgg+, noise multiplier "
+                f"{plan.noise_multiplier:g}, clipping norm {plan.clipping_norm:g}, scale "
+                f"{plan.scale:g}, at least {plan.min_surviving_sites} shares per round, "
+                f"{plan.rounds} rounds, Skellam RDP"
+            )
         else:
             how = f"DP-SGD at each site, {plan.rounds} rounds"
         self._state.append_log(run_id, LogStream.SYSTEM, f"privacy plan: {planned} ({how})")

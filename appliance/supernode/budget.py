@@ -3,9 +3,9 @@
 The ledger lives in the SuperNode's data directory (``budget.db``), under the
 policy's ``[privacy] dataset`` name, with a budget per privacy unit:
 
-* **site-level** (``max_epsilon_per_run`` / ``max_epsilon_total``) for central DP
-  (the run's plan: ``dp-mode = "central"``) and local DP (the site's own
-  ``local_epsilon_per_round``);
+* **site-level** (``max_epsilon_per_run`` / ``max_epsilon_total``) for central and
+  distributed DP (the run's plan: ``dp-mode = "central"`` or ``"distributed"``) and
+  local DP (the site's own ``local_epsilon_per_round``);
 * **record-level** (``max_record_epsilon_per_run`` / ``max_record_epsilon_total``)
   for DP-SGD inside the site (``dp-mode = "dp-sgd"``).
 
@@ -14,6 +14,8 @@ What the site books is its own, conservative figure, never the server's claim:
 * central: each round the site takes part in is one Gaussian mechanism with the
   plan's noise multiplier on its clipped update, accounted *without* sampling
   amplification (the site cannot check how the server samples);
+* distributed: each round the site takes part in is one Skellam release, bounded
+  as the plan is (at least the minimum surviving shares' noise, any model size);
 * local: ``local_epsilon_per_round`` per round, composed basically (epsilons add);
 * DP-SGD: the plan's whole record-level target at the first round (the app's own
   accountant spends it over the rounds; a reply reporting more is blocked).
@@ -64,6 +66,13 @@ class Charge:
         if self.plan.mode is PlanMode.DP_SGD:
             return self.planned  # all of it at the first round (see the module docstring)
         return self.plan.site_spend(min(rounds, self.plan.rounds))
+
+
+#: The plan a run must declare where the site requires server-side or shared noise.
+_PLAN_FOR: dict[DPMode, PlanMode] = {
+    DPMode.CENTRAL: PlanMode.CENTRAL,
+    DPMode.DISTRIBUTED: PlanMode.DISTRIBUTED,
+}
 
 
 def _refused(exc: BudgetExceeded, unit: PrivacyUnit) -> PolicyRefused:
@@ -136,13 +145,12 @@ class SiteBudget:
         except DPError as exc:
             raise PolicyRefused("privacy", f"the run's DP plan is invalid: {exc}") from None
         privacy = policy.privacy
-        if privacy.require_dp is DPMode.CENTRAL and (
-            plan is None or plan.mode is not PlanMode.CENTRAL
-        ):
+        wanted = _PLAN_FOR.get(privacy.require_dp) if privacy.require_dp else None
+        if wanted is not None and (plan is None or plan.mode is not wanted):
             raise PolicyRefused(
                 "privacy.require_dp",
-                "this site trains only under central DP; the run declares no "
-                "dp-mode = 'central' plan (dp-noise-multiplier, dp-clipping-norm)",
+                f"this site trains only under {wanted.value} DP; the run declares no "
+                f"dp-mode = {wanted.value!r} plan (dp-noise-multiplier, dp-clipping-norm)",
             )
         charge: Charge | None
         if privacy.require_dp is DPMode.LOCAL:

@@ -134,7 +134,7 @@ class DPMode(enum.StrEnum):
 
     LOCAL = "local"  # the site clips and noises its own update (LocalDPMod)
     CENTRAL = "central"  # the site clips, the server noises the aggregate
-    DISTRIBUTED = "distributed"  # sites add noise shares under SecAgg+ (not enforceable yet)
+    DISTRIBUTED = "distributed"  # the site adds its Skellam noise share under SecAgg+
 
 
 class Network(enum.StrEnum):
@@ -402,12 +402,9 @@ def _privacy(source: str, values: dict[str, Any]) -> PrivacyPolicy:
     local_keys = [k for k in ("local_epsilon_per_round", "local_delta") if k in values]
     if mode is not DPMode.LOCAL and local_keys:
         raise bad(f"{local_keys[0]} is only used with require_dp = 'local'")
+    if mode is DPMode.DISTRIBUTED and not required:
+        raise bad("require_dp = 'distributed' needs require_secure_aggregation = true")
     if mode is not None:
-        if mode not in _DP_ENFORCERS:
-            raise bad(
-                f"require_dp = {mode.value!r} cannot be enforced by this version of Greenhouse "
-                "(sites do not add noise shares under SecAgg+ yet); use 'local' or 'central'"
-            )
         needed = ["clip_norm", "max_epsilon_per_run", "max_epsilon_total"]
         needed += ["local_epsilon_per_round", "local_delta"] if mode is DPMode.LOCAL else []
         missing = [k for k in needed if k not in values]
@@ -677,11 +674,16 @@ def _local_dp_mod(policy: SitePolicy, inputs: _ModInputs) -> Mod:
     return _refusing(mod, "privacy.require_dp")
 
 
-#: How each ``require_dp`` mode is enforced at the site. A mode without an entry is
-#: refused when the policy is loaded; enforcing a new one is one line here.
-_DP_ENFORCERS: dict[DPMode, Callable[[SitePolicy, _ModInputs], Mod]] = {
+def _noise_shares(_policy: SitePolicy, _inputs: _ModInputs) -> None:
+    """Distributed DP: the SecAgg+ mod's encoder clips and adds the site's noise share."""
+    return None
+
+
+#: How each ``require_dp`` mode is enforced at the site, beyond the SecAgg+ mod.
+_DP_ENFORCERS: dict[DPMode, Callable[[SitePolicy, _ModInputs], Mod | None]] = {
     DPMode.CENTRAL: _clipping_mod,
     DPMode.LOCAL: _local_dp_mod,
+    DPMode.DISTRIBUTED: _noise_shares,
 }
 
 
@@ -694,8 +696,16 @@ def _secagg_host_mod(policy: SitePolicy, inputs: _ModInputs) -> Mod | None:
                 "node's SecAgg+ credentials (none in insecure development mode)"
             )
         return None
-    cohort = policy.privacy.min_secagg_cohort if required else 0
-    return make_secagg_mod(inputs.secagg_credentials, min_cohort=cohort)
+    from appliance.distributed_dp import SkellamEncoder
+
+    privacy = policy.privacy
+    encoder = SkellamEncoder(
+        required=privacy.require_dp is DPMode.DISTRIBUTED,
+        max_clipping_norm=privacy.clip_norm,
+        unsafe_rng=inputs.unsafe_dp_rng,
+    )
+    cohort = privacy.min_secagg_cohort if required else 0
+    return make_secagg_mod(inputs.secagg_credentials, min_cohort=cohort, integer_encoder=encoder)
 
 
 def _dp_host_mod(policy: SitePolicy, inputs: _ModInputs) -> Mod | None:

@@ -74,7 +74,19 @@ def main(grid: Grid, context: Context) -> None:
             f"noise multiplier {cfg['dp-noise-multiplier']}"
         )
     secure = None
-    if cfg.get("secure-aggregation"):
+    if cfg.get("dp-mode") == "distributed":
+        from appliance.distributed_dp import distributed_secagg
+
+        model = task.initial_parameters()
+        secure = distributed_secagg(
+            cfg, dimension=sum(a.size for a in model), sites=len(grid.get_node_ids())
+        )
+        print(
+            f"distributed DP on: each hospital clips to {cfg['dp-clipping-norm']} and adds "
+            f"its Skellam noise share (noise multiplier {cfg['dp-noise-multiplier']}) under "
+            "SecAgg+"
+        )
+    elif cfg.get("secure-aggregation"):
         from secagg import SecAggPlus
 
         secure = SecAggPlus(clip_range=float(cfg["secagg-clip-range"]))
@@ -93,6 +105,10 @@ def main(grid: Grid, context: Context) -> None:
     final = result.evaluate_metrics_serverapp[max(result.evaluate_metrics_serverapp)]
     print(f"federated model: test accuracy {final['accuracy']:.4f}")
     spent = getattr(strategy, "spent", None)
+    if cfg.get("dp-mode") == "distributed":
+        from dp.plan import DPPlan
+
+        spent = DPPlan.from_run_config(cfg).spend()  # type: ignore[union-attr]
     if spent is not None:
         print(f"privacy spent: {spent} (one hospital's whole contribution is protected)")
     if cfg.get("report-central-baseline"):

@@ -394,3 +394,51 @@ def test_an_oversized_reply_is_blocked_and_nothing_of_it_leaves(federation: Fede
     assert "max_reply_bytes" in str(refused["reason"])
     sent = _site_log(federation, "n1", "egress.reply")
     assert sent and all(entry["bytes"] < 4096 for entry in sent)
+
+
+def test_distributed_dp_sites_add_their_own_noise_shares_and_book_them(federation: Federation):
+    policy = _policy(
+        federation.root / "site.toml",
+        allow=[build_bundle(PROBE).sha256],
+        extra="""
+        [privacy]
+        require_secure_aggregation = true
+        min_secagg_cohort = 3
+        require_dp = "distributed"
+        clip_norm = 1.0
+        max_epsilon_per_run = 10
+        max_epsilon_total = 30
+        """,
+    )
+    start(federation, 3, policy)
+    central = _run(
+        federation, config="dp-mode='central' secagg=true num-server-rounds=1 min-nodes=3"
+    )
+    assert central.count("trains only under distributed DP") >= 3  # receipts, failures
+    assert "final sum 0.0000" in central
+
+    out = _run(
+        federation,
+        config="dp-mode='distributed' dp-noise-multiplier=1.0 dp-clipping-norm=1.0 "
+        "num-server-rounds=1 min-nodes=3",
+    )
+    from dp.plan import DPPlan
+
+    plan = DPPlan.from_run_config(
+        {"dp-mode": "distributed", "dp-noise-multiplier": 1.0, "dp-clipping-norm": 1.0,
+         "dp-min-surviving-sites": 3, "num-server-rounds": 1}
+    )  # fmt: skip
+    assert plan is not None
+    planned = plan.spend().epsilon
+    assert f"privacy plan: (ε = {planned:.4g}, δ = 1e-05) site-level" in out
+    assert "Skellam noise shares under SecAgg+" in out
+    # Steps 1, 2, 3 on 10 weights: norms 3.2, 6.3, 9.5, each clipped to 1, so every
+    # weight moves by 1/sqrt(10) and the model's sum by sqrt(10) = 3.16, plus the
+    # noise: std z * C / 3 per weight (three shares), about 1.05 on the sum of 10.
+    final = float(re.search(r"final sum (\S+)", out).group(1))
+    assert abs(final - 10**0.5) < 6 * 1.06
+    assert final != pytest.approx(10**0.5, abs=1e-3)  # noised
+    for node in ("n1", "n2", "n3"):
+        (spent,) = _site_log(federation, node, "budget.spent")
+        assert float(spent["epsilon"]) == pytest.approx(planned)
+        assert spent["unit"] == "site-level"

@@ -86,3 +86,71 @@ def test_bad_plans_name_the_key(config, message):
     config = {k: v for k, v in config.items() if v is not None}
     with pytest.raises(InvalidPrivacyParameter, match=message):
         DPPlan.from_run_config(config)
+
+
+DISTRIBUTED = {
+    "dp-mode": "distributed",
+    "dp-noise-multiplier": 1.0,
+    "dp-clipping-norm": 0.5,
+    "dp-min-surviving-sites": 3,
+    "num-server-rounds": 20,
+}
+
+
+def test_a_distributed_plan_is_site_level_with_a_default_scale():
+    plan = DPPlan.from_run_config(DISTRIBUTED)
+    assert plan is not None and plan.mode is PlanMode.DISTRIBUTED
+    assert plan.unit is PrivacyUnit.SITE
+    assert plan.scale * plan.clipping_norm == pytest.approx(1024.0)
+    assert plan.site_spend() == plan.spend()  # no sampling to amplify
+    assert plan.describe()["min_surviving_sites"] == 3
+    series = [plan.spend(r).epsilon for r in (1, 5, 20)]
+    assert series == sorted(series) and len(set(series)) == 3
+
+
+def test_the_distributed_plan_bounds_every_actual_skellam_round():
+    from dp.distributed import SkellamPlan, skellam_spend
+
+    plan = DPPlan.from_run_config({**DISTRIBUTED, "dp-scale": 40.0, "num-server-rounds": 5})
+    assert plan is not None
+    planned = plan.spend().epsilon
+    for dimension in (1, 100, 1_000_000):
+        for survivors in (3, 4, 7):
+            actual = SkellamPlan(
+                clipping_norm=0.5, scale=40.0, dimension=dimension, noise_multiplier=1.0,
+                expected_sites=7, min_surviving_sites=3,
+            )  # fmt: skip
+            spent = skellam_spend(actual, [survivors] * 5, delta=1e-5).epsilon
+            assert spent <= planned * (1 + 1e-9)
+    # At the minimum survivors and a small model the bound is tight (within a few %).
+    tight = SkellamPlan(
+        clipping_norm=0.5, scale=40.0, dimension=1, noise_multiplier=1.0,
+        expected_sites=3, min_surviving_sites=3,
+    )  # fmt: skip
+    assert skellam_spend(tight, [3] * 5, delta=1e-5).epsilon == pytest.approx(planned, rel=0.05)
+
+
+def test_the_distributed_plan_is_close_to_the_gaussian_at_a_fine_scale():
+    plan = DPPlan.from_run_config(DISTRIBUTED)
+    central = DPPlan.from_run_config({**DISTRIBUTED, "dp-mode": "central"})
+    assert plan is not None and central is not None
+    assert plan.spend().epsilon == pytest.approx(central.site_spend().epsilon, rel=0.02)
+    assert plan.spend().epsilon >= central.site_spend().epsilon
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({**DISTRIBUTED, "dp-min-surviving-sites": None}, "needs dp-min-surviving-sites"),
+        ({**DISTRIBUTED, "dp-min-surviving-sites": 0}, "dp-min-surviving-sites must be"),
+        ({**DISTRIBUTED, "dp-sampling-rate": 0.5}, "dp-sampling-rate is not used"),
+        ({**DISTRIBUTED, "dp-accountant": "pld"}, "dp-accountant must be 'rdp'"),
+        ({**DISTRIBUTED, "dp-scale": 1.0}, "below one integer unit"),
+        ({**DISTRIBUTED, "dp-scale": -3.0}, "dp-scale must be finite and > 0"),
+        ({**DISTRIBUTED, "dp-clipping-norm": None}, "needs dp-clipping-norm"),
+    ],
+)
+def test_bad_distributed_plans_name_the_key(config, message):
+    config = {k: v for k, v in config.items() if v is not None}
+    with pytest.raises(InvalidPrivacyParameter, match=message):
+        DPPlan.from_run_config(config)

@@ -126,9 +126,13 @@ BAD = {
         "[privacy]\nrequire_dp = 'global'\n",
         r"require_dp must be 'local' or 'central' or 'distributed', got 'global'",
     ),
-    "distributed dp not enforceable": (
+    "distributed dp without secagg": (
+        "[privacy]\nrequire_dp = 'distributed'\nclip_norm = 1.0\n",
+        r"require_dp = 'distributed' needs require_secure_aggregation = true",
+    ),
+    "distributed dp without caps": (
         "[privacy]\nrequire_secure_aggregation = true\nrequire_dp = 'distributed'\n",
-        r"require_dp = 'distributed' cannot be enforced by this version",
+        r"require_dp = 'distributed' needs clip_norm, max_epsilon_per_run, max_epsilon_total",
     ),
     "dp without clip norm": (
         "[privacy]\nrequire_dp = 'central'\nmax_epsilon_per_run = 1\nmax_epsilon_total = 2\n",

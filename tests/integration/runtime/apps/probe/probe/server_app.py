@@ -23,7 +23,11 @@ def main(grid: Grid, context: Context) -> None:
         wait_for_nodes_s=30.0,
     )
     secure = None
-    if cfg["secagg"]:
+    if cfg["dp-mode"] == "distributed":
+        from appliance.distributed_dp import distributed_secagg
+
+        secure = distributed_secagg(cfg, dimension=int(cfg["size"]), sites=min_nodes)
+    elif cfg["secagg"]:
         from secagg import SecAggPlus
 
         def stage_closed(stage: str, replies: int) -> None:
