@@ -88,12 +88,13 @@ class SkellamEncoder:
         max_clipping_norm: float | None = None,
         unsafe_rng: np.random.Generator | None = None,
     ) -> None:
-        from dp.rng import warn_if_unsafe
-
         self._required = required
         self._max_clipping_norm = max_clipping_norm
         self._unsafe_rng = unsafe_rng
-        warn_if_unsafe(unsafe_rng, owner="SkellamEncoder")
+        if unsafe_rng is not None:  # dp loads lazily (about a second): only when needed
+            from dp.rng import warn_if_unsafe
+
+            warn_if_unsafe(unsafe_rng, owner="SkellamEncoder")
 
     def __repr__(self) -> str:
         return (
