@@ -390,6 +390,26 @@ class BudgetLedger:
             return PrivacySpend(epsilon=row.spent_epsilon, delta=row.spent_delta, unit=unit)
 
     # -- reading -----------------------------------------------------------------------------
+    def committed_rounds(self, dataset: str, run_id: int, unit: PrivacyUnit) -> list[int]:
+        """The server rounds the run has committed on ``dataset`` in ``unit``, ascending
+        (how a restarted process picks up a run in flight).
+
+        Raises:
+            StorageError: the database failed.
+        """
+        dataset, run_id = _check_dataset(dataset), _check_run_id(run_id)
+        with self._transaction(write=False) as session:
+            query = (
+                select(RoundSpendRow.server_round)
+                .where(
+                    RoundSpendRow.dataset_key == dataset,
+                    RoundSpendRow.unit == unit.value,
+                    RoundSpendRow.run_id == run_id,
+                )
+                .order_by(RoundSpendRow.server_round)
+            )
+            return list(session.scalars(query).all())
+
     def status(self, dataset: str | None = None) -> list[BudgetStatus]:
         """Every budget (or ``dataset``'s) with its spending, sorted by dataset and unit."""
         with self._transaction(write=False) as session:

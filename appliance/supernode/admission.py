@@ -128,6 +128,11 @@ class RunAdmission:
                 if charge is not None:
                     self.budget.reserve(run_id, charge)
                     _log.info("budget reserved", run_id=run_id, planned=str(charge.planned))
+                    # A run in flight when the node restarted: its booked rounds count.
+                    booked = self.budget.committed_rounds(run_id, charge)
+                    if booked:
+                        standing.charged_rounds = {str(r) for r in booked}
+                        _log.warning("run resumed after a restart", run_id=run_id, rounds=booked)
         except PolicyRefused as exc:
             standing.decision, standing.refusal = Decision.REFUSED, exc
             self._record(manifest, Decision.REFUSED, policy, site, node_id, str(exc), decided_by)

@@ -40,7 +40,7 @@ from dp.ledger import BudgetLedger, BudgetStatus
 from dp.plan import DPPlan, PlanMode
 from dp.spend import PrivacySpend, PrivacyUnit
 
-__all__ = ["BUDGET_FILE", "Charge", "SiteBudget"]
+__all__ = ["BUDGET_FILE", "Charge", "SiteBudget", "record_epsilon_cap"]
 
 BUDGET_FILE = "budget.db"
 
@@ -198,6 +198,10 @@ class SiteBudget:
         except BudgetExceeded as exc:
             raise _refused(exc, charge.unit) from None
 
+    def committed_rounds(self, run_id: int, charge: Charge) -> list[int]:
+        """The server rounds already booked for the run (before this process started)."""
+        return self._ledger.committed_rounds(self._dataset, run_id, charge.unit)
+
     def charge_round(
         self, run_id: int, charge: Charge, server_round: int, rounds: int
     ) -> PrivacySpend:
@@ -233,3 +237,17 @@ def _rounds(run_config_json: str) -> int:
             "local DP needs to know the run's rounds: set dp-rounds or num-server-rounds",
         )
     return rounds
+
+
+def record_epsilon_cap(run_config_json: str) -> float | None:
+    """The record-level ε a DP-SGD run's train replies may report (its plan's target),
+    or ``None`` for any other run (an invalid plan never gets this far)."""
+    if "dp-mode" not in run_config_json:  # no plan: skip parsing (and loading dp)
+        return None
+    try:
+        plan = DPPlan.from_run_config(json.loads(run_config_json))
+    except DPError:
+        return None
+    if plan is None or plan.mode is not PlanMode.DP_SGD:
+        return None
+    return plan.target_epsilon

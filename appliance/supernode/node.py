@@ -38,6 +38,7 @@ from appliance.proto import fleet_pb2 as pb
 from appliance.proto.fleet_pb2_grpc import FleetStub
 from appliance.receipts import Decision, Receipt, RunManifest
 from appliance.supernode.admission import RunAdmission, RunStanding, policy_sha256
+from appliance.supernode.budget import record_epsilon_cap
 from appliance.supernode.clientapp_runner import ClientAppProcess
 from appliance.supernode.limits import LimitError, check_network_isolation, grant_cpu_seconds
 from appliance.supernode.policy import (
@@ -425,7 +426,7 @@ class SuperNode:
                 reply = Message(Error(ErrorCode.LOAD_CLIENT_APP_FAILED, reason), reply_to=message)
             else:
                 reply = self._call(process, message, run, run_context)
-        self._push(message, reply)
+        self._push(message, reply, record_epsilon_cap(run_context.run_config_json))
 
     # -- the site's decision about a run -------------------------------------------------
 
@@ -551,13 +552,21 @@ class SuperNode:
             reason = f"node mod failed: {type(exc).__name__}: {exc}"
             return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=message)
 
-    def _egress(self, request: Message, reply: Message) -> tuple[Message, bytes]:
+    def _egress(
+        self, request: Message, reply: Message, record_epsilon_cap: float | None
+    ) -> tuple[Message, bytes]:
         """What may leave: the checked reply and its frame (or a refusal in its place)."""
         policy = self._policy
         if policy is None:
             return reply, b"" if reply.has_error() else encode_record_dict(reply.content)
         try:
-            approved = verify_egress(policy, reply, request=request, host_secagg=self._host_secagg)
+            approved = verify_egress(
+                policy,
+                reply,
+                request=request,
+                host_secagg=self._host_secagg,
+                record_epsilon_cap=record_epsilon_cap,
+            )
         except EgressRefused as exc:
             _log.warning(
                 "egress refused",
@@ -571,8 +580,10 @@ class SuperNode:
             )
         return approved.message, approved.frame
 
-    def _push(self, request: Message, reply: Message) -> None:
-        reply, frame = self._egress(request, reply)
+    def _push(
+        self, request: Message, reply: Message, record_epsilon_cap: float | None = None
+    ) -> None:
+        reply, frame = self._egress(request, reply, record_epsilon_cap)
         frame_sha256 = hashlib.sha256(frame).digest()
         assert self._site_audit is not None
         # Before a byte leaves: no egress.reply entry, no send (fail closed).

@@ -954,8 +954,39 @@ def _safe_reason(reason: str, limit: int) -> str:
     return text[: limit - 3] + "..." if limit > 3 else text[:limit]
 
 
+def _record_epsilon_violation(reply: Message, cap: float) -> EgressViolation | None:
+    """A DP-SGD run's train reply must report its record-level ε once, at most the plan's."""
+    from dp.errors import DPError  # lazily: see _refusing
+    from dp.spend import PrivacySpend, PrivacyUnit
+
+    key = "privacy.dp_sgd"
+    reported = []
+    for record in reply.content.metric_records.values():
+        try:
+            spend = PrivacySpend.from_metrics(record, PrivacyUnit.RECORD)
+        except DPError:
+            return EgressViolation(key, "the reported record-level epsilon is malformed")
+        if spend is not None:
+            reported.append(spend.epsilon)
+    if len(reported) != 1:
+        return EgressViolation(
+            key, "a DP-SGD run's train reply must report its record-level epsilon once"
+        )
+    if reported[0] > cap * (1 + 1e-9):
+        return EgressViolation(
+            key,
+            f"the reply reports record-level epsilon {reported[0]:.4g}, above the run's "
+            f"dp-target-epsilon {cap:g}",
+        )
+    return None
+
+
 def _inspect(
-    policy: SitePolicy, reply: Message, request: Message, host_secagg: bool
+    policy: SitePolicy,
+    reply: Message,
+    request: Message,
+    host_secagg: bool,
+    record_epsilon_cap: float | None = None,
 ) -> tuple[Message, bytes, EgressReport]:
     meta = reply.metadata
     facts: dict[str, Any] = {
@@ -982,6 +1013,9 @@ def _inspect(
         violations.append(EgressViolation("messages", "the reply answers another message"))
     if not (host_secagg and _is_secagg_reply(request, reply)):
         violations += _record_violations(policy, reply, request)
+    if record_epsilon_cap is not None and meta.message_type == "train":
+        violation = _record_epsilon_violation(reply, record_epsilon_cap)
+        violations += [violation] if violation is not None else []
     limit = policy.egress.max_reply_bytes
     array_bytes = sum(r.nbytes for r in content.array_records.values())
     try:
@@ -1032,7 +1066,12 @@ def check_egress(
 
 
 def verify_egress(
-    policy: SitePolicy, reply: Message, *, request: Message, host_secagg: bool = False
+    policy: SitePolicy,
+    reply: Message,
+    *,
+    request: Message,
+    host_secagg: bool = False,
+    record_epsilon_cap: float | None = None,
 ) -> ApprovedReply:
     """Check ``reply`` (see :func:`check_egress`) and return what may be signed and sent.
 
@@ -1045,8 +1084,11 @@ def verify_egress(
             ``reason`` gives its reason and the other broken rules' keys, without any
             app-controlled text; ``report`` is for the site's log. Send
             ``refusal_reply(request, exc)`` instead (it passes egress).
+
+    ``record_epsilon_cap``: the run's DP-SGD target; a ``train`` reply must then
+    report its record-level ε (``dp-epsilon-record``), at most the cap.
     """
-    safe, frame, report = _inspect(policy, reply, request, host_secagg)
+    safe, frame, report = _inspect(policy, reply, request, host_secagg, record_epsilon_cap)
     if report.violations:
         first, *others = report.violations
         also = sorted({v.key for v in others} - {first.key})

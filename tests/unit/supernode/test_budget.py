@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -122,3 +123,47 @@ def test_a_site_without_caps_books_nothing_and_record_caps_are_separate(tmp_path
         assert DPPlan.from_run_config(json.loads(sgd)) is not None
     finally:
         budget.close_ledger()
+
+
+def test_a_run_in_flight_resumes_its_booking_after_a_restart(tmp_path):
+    """The node restarts mid-run: the next round is booked as the run's third, not its
+    first (which the ledger would refuse as a spend going backwards)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    import audit
+    from appliance.message import Message
+    from appliance.proto import fleet_pb2 as pb
+    from appliance.records import RecordDict
+    from appliance.supernode.admission import RunAdmission, RunStanding
+    from appliance.supernode.site_audit import SiteAudit
+
+    digest = "ab" * 32
+    site_policy = policy(CAPS + f'[apps]\nallow = ["sha256:{digest}"]\n')
+    link = audit.NoteSigner(name="link", private_key=Ed25519PrivateKey.generate()).verifier_key()
+    context = pb.RunContext(run_id=9, bundle_sha256=digest, run_config_json=central(2.0, 4))
+    receipts: list[object] = []
+
+    def round_message(server_round: int) -> Message:
+        message = Message(RecordDict(), 7, "train", group_id=str(server_round))
+        return Message.from_parts(dataclasses.replace(message.metadata, run_id=9), RecordDict())
+
+    def node_life(rounds: range) -> list[float]:
+        admission = RunAdmission(tmp_path / "node", lambda *args: receipts.append(args))
+        admission.configure(site_policy)
+        site = SiteAudit(tmp_path / "node", node_name="n1", superlink_vkey=link.encode())
+        standing = RunStanding()
+        try:
+            assert admission.admit(standing, context, policy=site_policy, site=site, node_id=7)
+            for server_round in rounds:
+                admission.charge_round(standing, round_message(server_round), site=site, node_id=7)
+            return [s.spent.epsilon for s in admission.budget.status()]
+        finally:
+            site.close()
+            admission.close()
+
+    (before,) = node_life(range(1, 3))  # rounds 1 and 2, then the node dies
+    (after,) = node_life(range(3, 5))  # restarted: rounds 3 and 4
+    plan = DPPlan.from_run_config(json.loads(central(2.0, 4)))
+    assert plan is not None
+    assert before == pytest.approx(plan.site_spend(2).epsilon)
+    assert after == pytest.approx(plan.site_spend(4).epsilon)

@@ -213,3 +213,54 @@ def test_secagg_reply_with_extra_content_gets_the_ordinary_rules():
     reply.content["secagg"]["smuggled"] = PATIENT
     report = check_egress(policy(""), reply, request=message, host_secagg=True)
     assert "egress.allow_config_strings" in [v.key for v in report.violations]
+
+
+RECORD_KEYS = """
+[egress]
+allowed_metric_keys = ["num-examples", "dp-epsilon-record", "dp-delta-record"]
+"""
+
+
+def _dp_sgd_reply(message: Message, **metrics: float) -> Message:
+    reply = train_reply(message)
+    reply.content["metrics"] = MetricRecord({"num-examples": 10, **metrics})
+    return reply
+
+
+def test_a_dp_sgd_reply_within_the_plans_target_leaves():
+    site, message = policy(RECORD_KEYS), request()
+    reply = _dp_sgd_reply(message, **{"dp-epsilon-record": 1.97, "dp-delta-record": 1e-5})
+    assert verify_egress(site, reply, request=message, record_epsilon_cap=2.0).report.allowed
+    # Without a DP-SGD plan the same reply is judged by the ordinary rules only.
+    assert verify_egress(site, reply, request=message).report.allowed
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({"dp-epsilon-record": 2.5, "dp-delta-record": 1e-5}, "epsilon 2.5, above the run's"),
+        ({}, "must report its record-level epsilon once"),
+        ({"dp-epsilon-record": 1.0}, "malformed"),
+        ({"dp-epsilon-record": -1.0, "dp-delta-record": 1e-5}, "malformed"),
+    ],
+)
+def test_a_dp_sgd_reply_over_or_without_its_epsilon_is_blocked(metrics, reason):
+    site, message = policy(RECORD_KEYS), request()
+    reply = _dp_sgd_reply(message, **metrics)
+    report = check_egress(site, reply, request=message)
+    assert report.allowed  # the ordinary rules pass...
+    with pytest.raises(EgressRefused) as info:  # ...the plan's target does not
+        verify_egress(site, reply, request=message, record_epsilon_cap=2.0)
+    assert info.value.key == "privacy.dp_sgd"
+    (violation,) = info.value.report.violations
+    assert reason in violation.reason
+
+
+def test_the_dp_sgd_rule_reads_the_runs_plan():
+    from appliance.supernode.budget import record_epsilon_cap
+
+    sgd = '{"dp-mode": "dp-sgd", "dp-target-epsilon": 3.0, "num-server-rounds": 2}'
+    central = '{"dp-mode": "central", "dp-noise-multiplier": 1.0, "dp-clipping-norm": 1.0, "num-server-rounds": 2}'  # noqa: E501
+    assert record_epsilon_cap(sgd) == 3.0
+    assert record_epsilon_cap(central) is None
+    assert record_epsilon_cap('{"num-server-rounds": 2}') is None
