@@ -235,13 +235,15 @@ class _SecAggMod:
         reply = call_next(train, context)
         if reply.has_error():
             return Message(reply.error, reply_to=message)
-        values, weight = _flatten_update(
+        update, weight = _flatten_update(
             reply.content, reference, spec, weighted=not config.integer_inputs
         )
         del reply
+        values: npt.NDArray[Any] = update
         if config.integer_inputs:
             assert self._encoder is not None
-            values = self._encoder.encode(values, config, context)
+            values = self._encoder.encode(update, config, context)
+            del update
         else:
             clipped = Quantizer.for_config(config).count_clipped(values)
             if clipped:
