@@ -72,6 +72,7 @@ class Charge:
 _PLAN_FOR: dict[DPMode, PlanMode] = {
     DPMode.CENTRAL: PlanMode.CENTRAL,
     DPMode.DISTRIBUTED: PlanMode.DISTRIBUTED,
+    DPMode.DP_SGD: PlanMode.DP_SGD,
 }
 
 
@@ -150,7 +151,7 @@ class SiteBudget:
             raise PolicyRefused(
                 "privacy.require_dp",
                 f"this site trains only under {wanted.value} DP; the run declares no "
-                f"dp-mode = {wanted.value!r} plan (dp-noise-multiplier, dp-clipping-norm)",
+                f"dp-mode = {wanted.value!r} plan",
             )
         charge: Charge | None
         if privacy.require_dp is DPMode.LOCAL:

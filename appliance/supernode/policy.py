@@ -135,6 +135,7 @@ class DPMode(enum.StrEnum):
     LOCAL = "local"  # the site clips and noises its own update (LocalDPMod)
     CENTRAL = "central"  # the site clips, the server noises the aggregate
     DISTRIBUTED = "distributed"  # the site adds its Skellam noise share under SecAgg+
+    DP_SGD = "dp-sgd"  # the ClientApp trains with DP-SGD under the run's dp-sgd plan
 
 
 class Network(enum.StrEnum):
@@ -404,7 +405,12 @@ def _privacy(source: str, values: dict[str, Any]) -> PrivacyPolicy:
         raise bad(f"{local_keys[0]} is only used with require_dp = 'local'")
     if mode is DPMode.DISTRIBUTED and not required:
         raise bad("require_dp = 'distributed' needs require_secure_aggregation = true")
-    if mode is not None:
+    if mode is DPMode.DP_SGD:  # record-level: the run's plan, the record caps
+        needed = ["max_record_epsilon_per_run", "max_record_epsilon_total"]
+        missing = [k for k in needed if k not in values]
+        if missing:
+            raise bad(f"require_dp = 'dp-sgd' needs {', '.join(missing)}")
+    elif mode is not None:
         needed = ["clip_norm", "max_epsilon_per_run", "max_epsilon_total"]
         needed += ["local_epsilon_per_round", "local_delta"] if mode is DPMode.LOCAL else []
         missing = [k for k in needed if k not in values]
@@ -674,8 +680,10 @@ def _local_dp_mod(policy: SitePolicy, inputs: _ModInputs) -> Mod:
     return _refusing(mod, "privacy.require_dp")
 
 
-def _noise_shares(_policy: SitePolicy, _inputs: _ModInputs) -> None:
-    """Distributed DP: the SecAgg+ mod's encoder clips and adds the site's noise share."""
+def _no_host_mod(_policy: SitePolicy, _inputs: _ModInputs) -> None:
+    """Distributed DP: the SecAgg+ mod's encoder clips and adds the site's noise share.
+    DP-SGD: the ClientApp adds the noise; the site holds the run to its plan at
+    admission (the record-level ledger) and at egress (the reported ε)."""
     return None
 
 
@@ -683,7 +691,8 @@ def _noise_shares(_policy: SitePolicy, _inputs: _ModInputs) -> None:
 _DP_ENFORCERS: dict[DPMode, Callable[[SitePolicy, _ModInputs], Mod | None]] = {
     DPMode.CENTRAL: _clipping_mod,
     DPMode.LOCAL: _local_dp_mod,
-    DPMode.DISTRIBUTED: _noise_shares,
+    DPMode.DISTRIBUTED: _no_host_mod,
+    DPMode.DP_SGD: _no_host_mod,
 }
 
 
@@ -837,6 +846,8 @@ def _host_metric_keys(policy: SitePolicy) -> frozenset[str]:
     if privacy.require_dp is DPMode.LOCAL:
         own |= {keys.LOCAL_RELEASES}
         own |= set(PrivacySpend(epsilon=0, delta=0, unit=PrivacyUnit.SITE).to_metrics())
+    if privacy.require_dp is DPMode.DP_SGD:  # the app's report the egress rule checks
+        own |= set(PrivacySpend(epsilon=0, delta=0, unit=PrivacyUnit.RECORD).to_metrics())
     return frozenset(own)
 
 

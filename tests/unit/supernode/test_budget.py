@@ -167,3 +167,31 @@ def test_a_run_in_flight_resumes_its_booking_after_a_restart(tmp_path):
     assert plan is not None
     assert before == pytest.approx(plan.site_spend(2).epsilon)
     assert after == pytest.approx(plan.site_spend(4).epsilon)
+
+
+def test_require_dp_sgd_books_the_record_level_target_and_refuses_other_runs(tmp_path):
+    site = policy(
+        """
+        [privacy]
+        require_dp = "dp-sgd"
+        max_record_epsilon_per_run = 3
+        max_record_epsilon_total = 5
+        """
+    )
+    ledger = SiteBudget(tmp_path)
+    ledger.configure(site)
+    try:
+        for config in ("{}", central(2.0, 2)):
+            with pytest.raises(PolicyRefused, match="trains only under dp-sgd DP") as refused:
+                ledger.plan(site, 1, config)
+            assert refused.value.key == "privacy.require_dp"
+        sgd = json.dumps({"dp-mode": "dp-sgd", "dp-target-epsilon": 2.5, "num-server-rounds": 3})
+        charge = ledger.plan(site, 2, sgd)
+        assert charge is not None and charge.unit is PrivacyUnit.RECORD
+        assert charge.planned.epsilon == 2.5
+        ledger.reserve(2, charge)
+        too_much = json.dumps({**json.loads(sgd), "dp-target-epsilon": 3.0})
+        with pytest.raises(PolicyRefused, match="max_record_epsilon_total"):
+            ledger.plan(site, 3, too_much)  # 2.5 reserved + 3 > 5
+    finally:
+        ledger.close_ledger()

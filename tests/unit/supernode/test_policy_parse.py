@@ -124,11 +124,15 @@ BAD = {
     ),
     "unknown dp mode": (
         "[privacy]\nrequire_dp = 'global'\n",
-        r"require_dp must be 'local' or 'central' or 'distributed', got 'global'",
+        r"require_dp must be 'local' or 'central' or 'distributed' or 'dp-sgd', got 'global'",
     ),
     "distributed dp without secagg": (
         "[privacy]\nrequire_dp = 'distributed'\nclip_norm = 1.0\n",
         r"require_dp = 'distributed' needs require_secure_aggregation = true",
+    ),
+    "dp-sgd without record caps": (
+        "[privacy]\nrequire_dp = 'dp-sgd'\nmax_epsilon_per_run = 1\nmax_epsilon_total = 2\n",
+        r"require_dp = 'dp-sgd' needs max_record_epsilon_per_run, max_record_epsilon_total",
     ),
     "distributed dp without caps": (
         "[privacy]\nrequire_secure_aggregation = true\nrequire_dp = 'distributed'\n",
