@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-local test lint typecheck proto bench clean-venv FORCE
+.PHONY: demo demo-bank demo-local test lint typecheck proto bench clean-venv FORCE
 FORCE:
 
 # Reinstall when pyproject.toml changes or a different EXTRAS set is asked for.
@@ -21,6 +21,16 @@ $(STAMP): pyproject.toml $(if $(filter $(EXTRAS),$(INSTALLED)),,FORCE)
 # A real federation on this machine: CA, SuperLink, three hospital SuperNodes, mTLS.
 demo: $(STAMP)
 	$(PY) examples/demo.py
+
+# The same federation for the bank example: three banks, DP-SGD (Opacus), record-level ε.
+# It needs the torch extra; a second stamp installs it on top, so `make demo` stays as it is.
+TORCH_STAMP := $(VENV)/.installed-torch
+$(TORCH_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[$(EXTRAS),torch]'
+	@touch $@
+
+demo-bank: $(TORCH_STAMP)
+	$(PY) examples/demo.py bank
 
 # The same app in one process (the data scientist's inner loop).
 demo-local: $(STAMP)

@@ -21,7 +21,7 @@ def _our_processes() -> list[str]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if str(ROOT / "var" / "demo") in cmdline:
+        if f"{ROOT / 'var' / 'demo'}{os.sep}" in cmdline:  # not var/demo-bank's
             found.append(cmdline)
     return found
 
