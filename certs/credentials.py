@@ -7,8 +7,10 @@ the fetcher re-stats the certificate, key and CA files and, when one changed,
 loads and checks them (key matches certificate, certificate is a valid server
 certificate of the CA) before switching. A rotated certificate is therefore
 served to new connections without a restart; a half-written or inconsistent set
-is logged and ignored (the previous configuration stays). Revocation is not a
-TLS-layer concern here: the CRL is consulted per call by
+is logged and ignored (the previous configuration stays).
+:meth:`ReloadingServerCredentials.reload` does the same at once, whatever the
+files' stamps say (an operator's SIGHUP), and reports what changed. Revocation
+is not a TLS-layer concern here: the CRL is consulted per call by
 :class:`certs.grpc_auth.AuthInterceptor`.
 
 Client side, :func:`client_credentials` checks the caller's own certificate
@@ -42,6 +44,7 @@ from certs.verify import Purpose, expiry_warning, verify_certificate
 __all__ = [
     "ReloadingServerCredentials",
     "ServerTLSFiles",
+    "ServerTLSReload",
     "client_credentials",
     "issue_server_files",
     "write_server_files",
@@ -141,7 +144,28 @@ def issue_server_files(
 @dataclass(frozen=True, slots=True)
 class _Loaded:
     certificate: x509.Certificate
+    ca_certificate: x509.Certificate
     config: grpc.ServerCertificateConfiguration
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServerTLSReload:
+    """What a forced reload of a server's TLS files found (old and new certificates)."""
+
+    previous: x509.Certificate
+    current: x509.Certificate
+    previous_ca: x509.Certificate
+    current_ca: x509.Certificate
+
+    @property
+    def certificate_changed(self) -> bool:
+        """Whether another server certificate (and so key) is served from now on."""
+        return self.previous != self.current
+
+    @property
+    def ca_changed(self) -> bool:
+        """Whether the CA file now holds another certificate."""
+        return self.previous_ca != self.current_ca
 
 
 def _spki(cert: x509.Certificate) -> bytes:
@@ -177,6 +201,7 @@ class ReloadingServerCredentials:
         self._lock = threading.Lock()
         self._stamp = self._stamp_files()
         self._loaded = self._load()
+        self._forced = False  # reload() loaded a configuration gRPC has not fetched yet
         self.reloads = 0
 
     def _stamp_files(self) -> tuple[tuple[int, int, int] | None, ...]:
@@ -202,7 +227,7 @@ class ReloadingServerCredentials:
         config = grpc.ssl_server_certificate_configuration(
             [(key_pem, certificate_pem(cert))], root_certificates=certificate_pem(ca_cert)
         )
-        return _Loaded(cert, config)
+        return _Loaded(cert, ca_cert, config)
 
     @property
     def certificate(self) -> x509.Certificate:
@@ -210,18 +235,20 @@ class ReloadingServerCredentials:
         return self._loaded.certificate
 
     def _fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC's fetcher: a new configuration if the files changed, else ``None``."""
+        """gRPC's fetcher: a new configuration if the files changed or :meth:`reload`
+        loaded one, else ``None``."""
         try:
             stamp = self._stamp_files()
             with self._lock:
+                forced, self._forced = self._forced, False
                 if stamp == self._stamp:
-                    return None
+                    return self._loaded.config if forced else None
                 self._stamp = stamp
                 try:
                     self._loaded = self._load()
                 except CertError as exc:
                     _log.warning("server_tls_reload_failed", error=str(exc))
-                    return None
+                    return self._loaded.config if forced else None
                 self.reloads += 1
                 _log.info(
                     "server_tls_reloaded", serial=f"{self._loaded.certificate.serial_number:x}"
@@ -230,6 +257,31 @@ class ReloadingServerCredentials:
         except Exception:  # never break handshakes: keep serving the current config
             _log.exception("server_tls_fetch_failed")
             return None
+
+    def reload(self) -> ServerTLSReload:
+        """Load and check the files now, even if they look unchanged; serve them from the
+        next TLS handshake on.
+
+        Returns:
+            The certificates before and after.
+
+        Raises:
+            CertError: a file is missing, unreadable or inconsistent, or the certificate
+                is not a valid server certificate of the CA; the current configuration
+                stays in force.
+        """
+        with self._lock:
+            stamp = self._stamp_files()  # before loading: a later change is seen again
+            previous = self._loaded
+            loaded = self._load()
+            self._loaded, self._stamp, self._forced = loaded, stamp, True
+            self.reloads += 1
+        return ServerTLSReload(
+            previous=previous.certificate,
+            current=loaded.certificate,
+            previous_ca=previous.ca_certificate,
+            current_ca=loaded.ca_certificate,
+        )
 
     def credentials(self) -> grpc.ServerCredentials:
         """Server credentials requiring client certificates from the federation CA."""

@@ -141,6 +141,25 @@ class CrlFile:
             _log.warning("crl_reload_failed", path=str(self._path), error=str(exc))
         self._stamp = stamp
 
+    def reload(self) -> RevocationList:
+        """Re-read and verify the file now, even if it looks unchanged (an operator's SIGHUP).
+
+        Returns:
+            The revocation list now in force.
+
+        Raises:
+            RevocationListInvalid: the file is missing, unreadable or not a current CRL
+                of the CA; the previous list stays in force.
+        """
+        now = self._clock()
+        stamp = self._file_stamp()
+        if stamp is None:
+            raise RevocationListInvalid(f"CRL file {self._path} is missing")
+        current = verify_crl(load_crl(self._path), ca_cert=self._ca_cert, now=now)
+        with self._lock:
+            self._current, self._stamp = current, stamp
+        return current
+
     def __call__(self) -> RevocationList:
         """The current revocations, reloading the file if it changed.
 

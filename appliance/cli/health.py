@@ -1,7 +1,9 @@
 """``greenhouse health``: probe a SuperLink's or SuperNode's health service.
 
 For container health checks and Kubernetes exec probes: prints ``SERVING`` and
-exits 0; otherwise one line on stderr and exit code 1 (``HealthError``).
+exits 0; otherwise one line on stderr and exit code 1 (``HealthError``). Also the
+operations options the long-running commands share: ``--health-address`` and
+``--metrics-address`` (``appliance.metrics``).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Callable, Iterator
 import click
 
 from appliance.health import HealthError, HealthServer, HealthStatus, check
+from appliance.metrics import MetricsError, parse_address
 
 #: ``--health-address`` of ``greenhouse superlink`` and ``greenhouse supernode``.
 health_address_option = click.option(
@@ -21,6 +24,28 @@ health_address_option = click.option(
     help="Also serve the standard gRPC health service here, in plain text and without "
     "data (for probes: greenhouse health HOST:PORT). Bind it to loopback or a pod-local "
     "address. Default: $GREENHOUSE_HEALTH_ADDRESS (the container image sets 127.0.0.1:9094).",
+)
+
+
+def _metrics_address(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    """Refuse a malformed address before anything starts."""
+    if value is not None:
+        try:
+            parse_address(value)
+        except MetricsError as exc:
+            raise click.BadParameter(str(exc)) from None
+    return value
+
+
+#: ``--metrics-address`` of ``greenhouse superlink`` and ``greenhouse supernode``.
+metrics_address_option = click.option(
+    "--metrics-address",
+    metavar="HOST:PORT",
+    envvar="GREENHOUSE_METRICS_ADDRESS",
+    callback=_metrics_address,
+    help="Also serve Prometheus metrics at http://HOST:PORT/metrics: plain HTTP without "
+    "authentication, counts and statuses only (no run ids, no data). Off by default; bind "
+    "it where only your monitoring reaches. Default: $GREENHOUSE_METRICS_ADDRESS.",
 )
 
 

@@ -9,9 +9,10 @@ from types import FrameType
 
 import click
 
-from appliance.cli.health import health_address_option, health_service
-from appliance.cli.reload import answer_sighup
+from appliance.cli.health import health_address_option, health_service, metrics_address_option
+from appliance.cli.reload import reload_on_sighup
 from appliance.logs import configure_logging
+from appliance.metrics import serve_metrics
 from appliance.superlink.audit_trail import AuditSettings
 from appliance.superlink.server import SuperLink, SuperLinkConfig
 
@@ -22,7 +23,9 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
 @click.option("--ca", "ca", type=_FILE, help="Federation CA certificate.")
 @click.option("--cert", type=_FILE, help="SuperLink server certificate.")
 @click.option("--key", type=_FILE, help="SuperLink server key (mode 0600).")
-@click.option("--crl", type=_FILE, help="Certificate revocation list (re-read when it changes).")
+@click.option(
+    "--crl", type=_FILE, help="Certificate revocation list (re-read when it changes and on SIGHUP)."
+)
 @click.option(
     "--database",
     envvar="GREENHOUSE_DATABASE_URL",
@@ -78,6 +81,7 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="DEVELOPMENT ONLY: no TLS, claimed identities, unsigned replies.",
 )
 @health_address_option
+@metrics_address_option
 def superlink(
     insecure: bool,
     keepalive_s: float,
@@ -94,8 +98,13 @@ def superlink(
     audit_origin: str,
     audit_interval_s: float,
     health_address: str | None,
+    metrics_address: str | None,
 ) -> None:
-    """Serve the Fleet API (SuperNodes) and the Control API (users) over mTLS."""
+    """Serve the Fleet API (SuperNodes) and the Control API (users) over mTLS.
+
+    SIGHUP re-reads the server certificate, key, CA and CRL; SIGTERM fails the runs in
+    flight ("superlink shut down"), signs the audit log's last tree head and exits.
+    """
     configure_logging("json", level=logging.INFO)
     if not insecure and None in (ca, cert, key):
         raise click.UsageError(
@@ -125,11 +134,11 @@ def superlink(
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    answer_sighup(
-        "the server certificate, key, CA and CRL are re-read when their files change; "
-        "restart the SuperLink for any other setting"
-    )
-    with health_service(health_address) as set_serving:
+    reload_on_sighup(link.reload_credentials)
+    with (
+        health_service(health_address) as set_serving,
+        serve_metrics(metrics_address, link.metrics.registry),
+    ):
         link.start()
         set_serving(True)
         click.echo(

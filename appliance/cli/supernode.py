@@ -12,8 +12,10 @@ import click
 import audit
 from appliance.appconfig import parse_config_pairs
 from appliance.cli.audit import VKeyParam
-from appliance.cli.health import health_address_option, health_service
+from appliance.cli.health import health_address_option, health_service, metrics_address_option
+from appliance.cli.reload import reload_on_sighup
 from appliance.logs import configure_logging
+from appliance.metrics import serve_metrics
 from appliance.supernode.node import SuperNode, SuperNodeConfig
 from appliance.supernode.policy import load_policy
 
@@ -32,7 +34,11 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     type=_FILE,
     help="The site policy (site.toml): what may run here and what may leave.",
 )
-@click.option("--crl", type=_FILE, help="Federation CRL (SecAgg+ refuses revoked neighbours).")
+@click.option(
+    "--crl",
+    type=_FILE,
+    help="Federation CRL (SecAgg+ refuses revoked neighbours); re-read on SIGHUP.",
+)
 @click.option(
     "--insecure",
     is_flag=True,
@@ -58,7 +64,17 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     metavar="KEY=VALUE",
     help="Site settings passed to the ClientApp as context.node_config; repeatable.",
 )
+@click.option(
+    "--shutdown-grace",
+    "shutdown_grace_s",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="On SIGTERM, seconds a message in progress may take to finish and be answered "
+    "before its ClientApp is killed.",
+)
 @health_address_option
+@metrics_address_option
 def supernode(
     address: str,
     ca: Path | None,
@@ -72,9 +88,15 @@ def supernode(
     superlink_audit_key: audit.VerifierKey | None,
     data_dir: Path,
     node_config: tuple[str, ...],
+    shutdown_grace_s: float,
     health_address: str | None,
+    metrics_address: str | None,
 ) -> None:
-    """Dial out to the SuperLink and run ClientApps for it (no inbound port)."""
+    """Dial out to the SuperLink and run ClientApps for it (no inbound port).
+
+    SIGHUP re-reads the site policy and the CRL; SIGTERM lets a message in progress
+    finish (--shutdown-grace), signs the site audit log's last tree head and exits.
+    """
     configure_logging("json", level=logging.INFO)
     if insecure and not name:
         raise click.UsageError("--insecure needs --name (the node name to claim)")
@@ -95,6 +117,7 @@ def supernode(
             superlink_audit_key=superlink_audit_key,
             unsafe_insecure=insecure,
             unsafe_name=name,
+            shutdown_grace_s=shutdown_grace_s,
         )
     )
 
@@ -103,10 +126,13 @@ def supernode(
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    # SIGHUP re-reads site.toml (the node's housekeeping thread does the work); the
-    # CRL is re-read whenever its file changes; certificates and keys need a restart.
-    signal.signal(signal.SIGHUP, lambda _signum, _frame: node.request_reload())
+    # SIGHUP re-reads site.toml and the CRL (the node's housekeeping thread does the
+    # work); the node's certificate and keys need a restart (and a new enrolment).
+    reload_on_sighup(node.request_reload)
     # After SuperNode(): its isolation check must run before any thread starts.
     # SERVING while connected to the SuperLink, NOT_SERVING while reconnecting.
-    with health_service(health_address) as set_serving:
+    with (
+        health_service(health_address) as set_serving,
+        serve_metrics(metrics_address, node.metrics.registry),
+    ):
         node.run(on_connection=set_serving)

@@ -5,8 +5,9 @@
 environment, never on the command line), copies its stdout/stderr into the run
 log, and settles the run when the process exits: ``finished`` if it reported
 success, ``failed`` with the reason it reported (or its exit code), ``stopped`` if a
-user stopped it. A ServerApp that crashes ends its own run only; the SuperLink keeps
-serving.
+user stopped it, ``failed`` with the shutdown's reason when the SuperLink stops
+(:meth:`RunLauncher.shutdown`). A ServerApp that crashes ends its own run only; the
+SuperLink keeps serving.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +53,7 @@ class _Process:
     outcome: tuple[bool, str] | None = None  # (failed, reason) as reported via Finish
     stop_reason: str | None = None
     stop_actor: AuditActor | None = None
+    shutdown_reason: str | None = None  # the SuperLink stopped: the run fails
     threads: list[threading.Thread] = field(default_factory=list)
 
 
@@ -75,6 +78,7 @@ class RunLauncher:
         self._max_message_bytes = max_message_bytes
         self._lock = threading.Lock()
         self._processes: dict[int, _Process] = {}
+        self._shutdown_reason: str | None = None  # set once: no run starts after it
         runs_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # -- tokens --------------------------------------------------------------------------
@@ -93,7 +97,13 @@ class RunLauncher:
     # -- lifecycle -----------------------------------------------------------------------
 
     def start(self, run_id: int) -> None:
-        """Unpack the bundle and start the run's ServerApp (pending -> starting)."""
+        """Unpack the bundle and start the run's ServerApp (pending -> starting).
+
+        After :meth:`shutdown` the run fails with the shutdown's reason instead.
+        """
+        if self._shutdown_reason is not None:
+            self._state.transition_run(run_id, RunStatus.FAILED, self._shutdown_reason)
+            return
         run = self._state.get_run(run_id)
         directory = self._runs_dir / str(run_id)
         if directory.exists():
@@ -123,6 +133,9 @@ class RunLauncher:
         process = _Process(run_id, hashlib.sha256(token.encode()).digest(), popen, directory)
         with self._lock:
             self._processes[run_id] = process
+            process.shutdown_reason = self._shutdown_reason  # a shutdown raced the start
+        if process.shutdown_reason is not None:
+            _signal_group(popen, signal.SIGTERM)
         self._system_log(run_id, f"ServerApp started (pid {popen.pid})")
         assert popen.stdout is not None
         assert popen.stderr is not None
@@ -173,12 +186,26 @@ class RunLauncher:
             _signal_group(process.popen, signal.SIGKILL)
         return True
 
-    def shutdown(self, reason: str = "superlink shutting down") -> None:
-        """Stop every ServerApp and wait for their runs to settle."""
+    def shutdown(self, reason: str, *, grace_s: float = 5.0) -> None:
+        """Stop every ServerApp; each run fails with ``reason``; wait for them to settle.
+
+        The processes get SIGTERM together and SIGKILL after ``grace_s``; a run a
+        ServerApp finished before it could be stopped stays ``finished``. Runs
+        started afterwards fail at once.
+        """
         with self._lock:
+            self._shutdown_reason = reason
             processes = list(self._processes.values())
+            for process in processes:
+                process.shutdown_reason = reason
         for process in processes:
-            self.stop(process.run_id, reason, grace_s=2.0)
+            _signal_group(process.popen, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for process in processes:
+            try:
+                process.popen.wait(timeout=max(deadline - time.monotonic(), 0.0))
+            except subprocess.TimeoutExpired:
+                _signal_group(process.popen, signal.SIGKILL)
         for process in processes:
             for thread in process.threads:
                 thread.join(timeout=10)
@@ -231,10 +258,12 @@ class RunLauncher:
 def _settle(process: _Process, code: int) -> tuple[RunStatus, str | None]:
     if process.stop_reason is not None:
         return RunStatus.STOPPED, process.stop_reason
+    if process.outcome is not None and process.outcome[0] is False and code == 0:
+        return RunStatus.FINISHED, None
+    if process.shutdown_reason is not None:
+        return RunStatus.FAILED, process.shutdown_reason
     if process.outcome is not None:
         failed, reason = process.outcome
-        if not failed and code == 0:
-            return RunStatus.FINISHED, None
         if failed:
             return RunStatus.FAILED, reason or f"ServerApp exited with code {code}"
     return RunStatus.FAILED, f"ServerApp exited with code {code} without reporting a result"

@@ -9,7 +9,11 @@ At start the state is recovered (every in-flight run of a previous process is
 failed with "superlink restarted", every node offline). A sweeper answers, on the
 nodes' behalf, requests whose TTL ran out and requests held by a node that stayed
 offline longer than the grace period, so a ServerApp learns of a dead node within
-seconds instead of waiting for its whole timeout.
+seconds instead of waiting for its whole timeout. :meth:`SuperLink.stop` (SIGTERM)
+fails the runs in flight with "superlink shut down" before it signs the audit
+log's last tree head; :meth:`SuperLink.reload_credentials` (SIGHUP) re-reads the
+TLS files and the CRL at once. Metrics (``appliance.metrics``) are counted here and
+in the interceptors; the state is read for them at scrape time.
 """
 
 from __future__ import annotations
@@ -28,10 +32,11 @@ import grpc
 
 from appliance.logs import get_logger
 from appliance.message import ErrorCode
+from appliance.metrics import FleetByteMeter, SuperLinkMetrics
 from appliance.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
-from appliance.state import AlreadyReplied, State
+from appliance.state import AlreadyReplied, RunStatus, State
 from appliance.superlink.appio import AppIoServicer
-from appliance.superlink.audit_trail import AuditSettings, SuperLinkAudit
+from appliance.superlink.audit_trail import AuditSettings, SuperLinkAudit, sink_for
 from appliance.superlink.control import ControlServicer
 from appliance.superlink.errors import ErrorTranslator
 from appliance.superlink.fleet import FleetServicer
@@ -55,7 +60,14 @@ from certs.signing import RequestVerifier
 from certs.unsafe_dev import UnsafeHeaderAuthInterceptor
 from certs.verify import expiry_warning, verify_certificate
 
-__all__ = ["CONTROL_METHODS", "FLEET_METHODS", "INSECURE_BANNER", "SuperLink", "SuperLinkConfig"]
+__all__ = [
+    "CONTROL_METHODS",
+    "FLEET_METHODS",
+    "INSECURE_BANNER",
+    "SHUTDOWN_REASON",
+    "SuperLink",
+    "SuperLinkConfig",
+]
 
 INSECURE_BANNER = """
 !!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!
@@ -66,6 +78,8 @@ INSECURE_BANNER = """
 """
 
 _log = get_logger("appliance.superlink")
+#: Why the runs in flight failed when the SuperLink was stopped (SIGTERM).
+SHUTDOWN_REASON = "superlink shut down"
 _FLEET = "/greenhouse.fleet.v1.Fleet/"
 _CONTROL = "/greenhouse.control.v1.Control/"
 FLEET_METHODS = {
@@ -150,6 +164,13 @@ class SuperLink:
         except BaseException:
             self.state.close()
             raise
+        self.metrics = SuperLinkMetrics(
+            runs=lambda: (run.status.value for run in self.state.list_runs()),
+            statuses=(status.value for status in RunStatus),
+            nodes=lambda: (len(self.state.online_node_ids()), len(self.state.list_nodes())),
+            audit_entries=lambda: self.audit.log.size,
+        )
+        self.state.attach_audit(self.metrics.audit_tap(sink_for(self.audit.log)))
         if config.unsafe_insecure:
             self._init_insecure()
         else:
@@ -158,7 +179,7 @@ class SuperLink:
         self._offline_since: dict[int, float] = {}
         self._offline_lock = threading.Lock()
         self._stopping = threading.Event()
-        self._servers: list[grpc.Server] = []
+        self._servers: tuple[grpc.Server, grpc.Server, grpc.Server] | None = None
         self._sweeper: threading.Thread | None = None
         self.fleet_port = self.control_port = self.appio_port = 0
 
@@ -279,7 +300,8 @@ class SuperLink:
             appio,
         )
         verifier = RequestVerifier(window_s=cfg.replay_window_s)
-        fleet = self._secure_server("fleet", FLEET_METHODS, verifier)
+        meter = FleetByteMeter(self.metrics.fleet_received_bytes, self.metrics.fleet_sent_bytes)
+        fleet = self._secure_server("fleet", FLEET_METHODS, verifier, meter)
         fleet_pb2_grpc.add_FleetServicer_to_server(
             FleetServicer(
                 self.state,
@@ -309,7 +331,7 @@ class SuperLink:
         self.control_port = self._bind(control, cfg.control_address)
         for server in (appio, fleet, control):
             server.start()
-        self._servers = [fleet, control, appio]
+        self._servers = (fleet, control, appio)
         self.state.record_event(
             "superlink.started",
             {
@@ -339,12 +361,16 @@ class SuperLink:
         return int(server.add_secure_port(address, self._tls.credentials()))
 
     def _secure_server(
-        self, name: str, methods: dict[str, object], verifier: RequestVerifier
+        self,
+        name: str,
+        methods: dict[str, object],
+        verifier: RequestVerifier,
+        *outer: grpc.ServerInterceptor,
     ) -> grpc.Server:
         auth: AuthInterceptor
         if self._tls is None:
             auth = UnsafeHeaderAuthInterceptor(methods, is_enrolled=self._is_enrolled)  # type: ignore[arg-type]
-            return self._server(name, ErrorTranslator(), auth)
+            return self._server(name, *outer, ErrorTranslator(), auth)
         auth = AuthInterceptor(
             methods,  # type: ignore[arg-type]
             ca_cert=self._ca_cert,
@@ -353,7 +379,7 @@ class SuperLink:
             request_verifier=verifier,
             on_refusal=self._refused,
         )
-        return self._server(name, ErrorTranslator(), auth)
+        return self._server(name, *outer, ErrorTranslator(), auth)
 
     def _sign_run_record(self, _run_id: int) -> None:
         """A run ended: sign a tree head now, so its record is witnessed without delay."""
@@ -363,16 +389,72 @@ class SuperLink:
         _log.warning(
             "call refused", method=refusal.method, peer=refusal.peer, reason=refusal.reason
         )
+        self.metrics.refused(refusal.method, refusal.reason)
         self.audit.refused(refusal)
 
+    def reload_credentials(self) -> None:
+        """Re-read the server certificate, key, CA and CRL now (SIGHUP); log what changed.
+
+        A file that cannot be used is logged and the material in force stays: the
+        SuperLink keeps serving either way. Between SIGHUPs the files are still
+        re-read when they change (at the next handshake, or call for the CRL).
+        """
+        if self._tls is None:
+            _log.warning("SIGHUP: insecure mode has no certificates or CRL to reload")
+            return
+        try:
+            change = self._tls.reload()
+        except CertError as exc:
+            _log.error(
+                "SIGHUP: server TLS files NOT reloaded; the previous ones stay", error=str(exc)
+            )
+        else:
+            _log.warning(
+                "SIGHUP: server certificate reloaded",
+                changed=change.certificate_changed,
+                serial=f"{change.current.serial_number:x}",
+                previous_serial=f"{change.previous.serial_number:x}",
+                not_after=change.current.not_valid_after_utc.isoformat(),
+            )
+            if change.ca_changed:
+                _log.error(
+                    "SIGHUP: the CA file holds another CA certificate; TLS handshakes use it, "
+                    "but callers and the CRL are still judged against the CA this SuperLink "
+                    "started with: restart it to change the federation CA"
+                )
+        if isinstance(self._crl, CrlFile):
+            try:
+                crl = self._crl.reload()
+            except CertError as exc:
+                _log.error("SIGHUP: CRL NOT reloaded; the previous one stays", error=str(exc))
+            else:
+                _log.warning(
+                    "SIGHUP: CRL reloaded",
+                    revoked=len(crl.serials),
+                    this_update=crl.this_update.isoformat(),
+                    next_update=crl.next_update.isoformat(),
+                )
+
     def stop(self, grace_s: float = 2.0) -> None:
-        """Stop serving, stop every ServerApp, close the state."""
+        """Fail the runs in flight, stop serving, sign a last tree head, close the state.
+
+        Order: the Control API stops first (no new runs); every ServerApp is stopped
+        and its run fails with :data:`SHUTDOWN_REASON` (audited as ``run.failed``,
+        and the nodes are told the run ended); runs without a process fail the same
+        way; then the Fleet and AppIo APIs stop and the audit log's final tree head
+        is signed.
+        """
         self._stopping.set()
-        self.hub.close_all()
-        for server in self._servers:
-            server.stop(grace_s)
+        fleet, control, appio = self._servers or (None, None, None)
+        if control is not None:
+            control.stop(grace_s).wait()
         if hasattr(self, "launcher"):
-            self.launcher.shutdown()
+            self.launcher.shutdown(SHUTDOWN_REASON)
+            self._fail_in_flight()
+        for server in (fleet, appio):  # within the grace, node streams pass on "run ended"
+            if server is not None:
+                server.stop(grace_s).wait()
+        self.hub.close_all()
         if self._sweeper is not None:
             self._sweeper.join(timeout=5)
         if hasattr(self, "privacy"):
@@ -383,6 +465,21 @@ class SuperLink:
             _log.exception("final audit tree head not signed")
         self.state.close()
         _log.info("superlink stopped")
+
+    def _fail_in_flight(self) -> None:
+        """Fail the runs no ServerApp settled (not started yet, or not settled in time)."""
+        try:
+            failed = self.state.fail_in_flight_runs(SHUTDOWN_REASON)  # audited: run.failed
+        except Exception:
+            _log.exception("runs in flight not failed at shutdown (the next start fails them)")
+            return
+        for run_id in failed:
+            try:
+                self.state.release_run_bodies(run_id)
+            except Exception:
+                _log.exception("could not release the run's message bodies", run_id=run_id)
+        if failed:
+            _log.warning("runs failed by the shutdown", run_ids=failed)
 
     def wait(self) -> None:
         """Block until :meth:`stop` or :meth:`stop_async` is called."""

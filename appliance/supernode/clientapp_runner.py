@@ -173,6 +173,17 @@ class ClientAppProcess:
                     os.close(fd)
         self._to_child = self._from_child = -1
 
+    def kill(self) -> None:
+        """Kill the child now, from any thread (a shutdown past its grace).
+
+        A :meth:`handle` in progress sees the pipe close and returns an error reply;
+        the pipes are left to it and to :meth:`stop`.
+        """
+        process = self._process
+        if process is not None and process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+
     def stop(self, grace_s: float = 3.0) -> None:
         """Close the pipes (the child exits on EOF), then terminate if it lingers."""
         self._close_pipes()

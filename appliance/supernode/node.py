@@ -18,7 +18,6 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,12 +33,15 @@ from appliance.context import Context, UserConfig
 from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.message import Error, ErrorCode, Message
+from appliance.metrics import SuperNodeMetrics
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto.fleet_pb2_grpc import FleetStub
 from appliance.receipts import Decision, Receipt, RunManifest
 from appliance.supernode.admission import RunAdmission, RunStanding, policy_sha256
 from appliance.supernode.budget import record_epsilon_cap
+from appliance.supernode.budget_view import BudgetView
 from appliance.supernode.clientapp_runner import ClientAppProcess
+from appliance.supernode.drain import DrainingExecutor, kill_clientapps
 from appliance.supernode.limits import LimitError, check_network_isolation, grant_cpu_seconds
 from appliance.supernode.policy import (
     EgressRefused,
@@ -57,6 +59,7 @@ from appliance.supernode.policy import (
 )
 from appliance.supernode.secagg_keys import secagg_credentials
 from appliance.supernode.site_audit import SiteAudit, TreeHeadRefused
+from appliance.supernode.site_files import SiteFiles
 from appliance.transport import REPLY_SIGNATURE_METHOD, Assembler, iter_chunks, reply_digest
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
 from audit import VerifierKey
@@ -88,6 +91,8 @@ class SuperNodeConfig:
     node_config: UserConfig = field(default_factory=dict)
     max_message_bytes: int = 2 * 2**30
     clientapp_timeout_s: float = 3600.0
+    #: On stop (SIGTERM): seconds a message in progress may take to finish and be answered.
+    shutdown_grace_s: float = 10.0
     error_detail: ErrorDetail = ErrorDetail.MESSAGE
     max_backoff_s: float = 5.0
     #: The federation CRL, so SecAgg+ can refuse a revoked neighbour's key.
@@ -169,7 +174,14 @@ class SuperNode:
         self._stopping = threading.Event()
         self._runs: dict[int, _Run] = {}
         self._runs_lock = threading.Lock()
-        self._workers = ThreadPoolExecutor(max_workers=8, thread_name_prefix="message")
+        self._workers = DrainingExecutor(max_workers=8, thread_name_prefix="message")
+        self._site_files = SiteFiles(config)
+        budget = BudgetView(config.data_dir)  # read-only: the metrics' remaining epsilon
+        self.metrics = SuperNodeMetrics(
+            budget=budget.remaining,
+            audit_entries=lambda: None if self._site_audit is None else self._site_audit.log.size,
+            close_budget=budget.close,
+        )
         self._subscription: grpc.Future | None = None
         self.node_id = 0
         self._site_audit: SiteAudit | None = None
@@ -268,6 +280,7 @@ class SuperNode:
                         self._session()
                     finally:
                         self._on_connection(False)
+                        self.metrics.set_connected(False)
                     if not self._stopping.is_set():
                         raise _StreamEnded
         except Exception as exc:
@@ -292,6 +305,7 @@ class SuperNode:
         stream = self._stub.Subscribe(pb.SubscribeRequest())
         self._subscription = stream
         self._on_connection(True)
+        self.metrics.set_connected(True)
         for event in stream:
             if self._stopping.is_set():
                 break
@@ -304,10 +318,14 @@ class SuperNode:
                 self._end_run(event.run_ended.run_id)
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return (from another thread or a signal handler)."""
+        """Ask :meth:`run` to return (from another thread or a signal handler): no new
+        message starts; one in progress may finish for ``shutdown_grace_s`` (drain.py)."""
         self._stopping.set()
-        if self._subscription is not None:
-            self._subscription.cancel()
+        self._workers.drain_then(
+            lambda: None if self._subscription is None else self._subscription.cancel(),
+            grace_s=self.config.shutdown_grace_s,
+            overdue=lambda: kill_clientapps(self._runs.values()),
+        )
 
     def _shutdown(self) -> None:
         self._stopping.set()  # also when run() ends on an error: the watcher must stop
@@ -325,6 +343,7 @@ class SuperNode:
                 _log.exception("final site audit tree head not signed")
         self._raw_channel.close()
         self._admission.close()
+        self.metrics.close()
 
     # -- one message ---------------------------------------------------------------------
 
@@ -332,8 +351,10 @@ class SuperNode:
         try:
             self._handle(message_id, run_id)
         except grpc.RpcError as exc:
+            self.metrics.unhandled()
             _log.warning("message not handled", message_id=message_id, error=_describe(exc))
         except Exception:
+            self.metrics.unhandled()
             _log.exception("message not handled", message_id=message_id)
 
     def _pull(self, message_id: str, site: SiteAudit) -> _Pulled:
@@ -350,6 +371,7 @@ class SuperNode:
         if head is None or assembler is None:
             raise ValueError(f"message {message_id} arrived without its head")
         frame = assembler.finish()  # decoded in place: the arrays are views of it
+        self.metrics.received("message", len(frame))
         content = decode_record_dict(frame, max_bytes=self.config.max_message_bytes)
         message = Message.from_parts(decode_metadata(head.metadata), content)
         return _Pulled(message, head, frame, request.witness_size, started)
@@ -413,10 +435,12 @@ class SuperNode:
                 process = run.process
                 self._admission.charge_round(run.standing, message, site=site, node_id=self.node_id)
             except TreeHeadRefused as exc:
+                self.metrics.refused("audit")
                 _log.error("SuperLink audit log refused", run_id=run.run_id, reason=str(exc))
                 site.refused(message, node_id=self.node_id, reason=str(exc))
                 reply = Message(Error(ErrorCode.POLICY_REFUSED, str(exc)), reply_to=message)
             except PolicyRefused as exc:
+                self.metrics.refused(exc.key)
                 _log.warning("policy refused", run_id=run.run_id, key=exc.key, reason=exc.reason)
                 site.refused(message, node_id=self.node_id, reason=str(exc))
                 reply = refusal_reply(message, exc)
@@ -502,6 +526,7 @@ class SuperNode:
         while not self._stopping.wait(APPROVAL_POLL_S):
             if self._reload.is_set():
                 self._reload.clear()
+                self._secagg = self._site_files.reload(self._secagg)
                 self._reload_policy()
             with self._runs_lock:
                 waiting = [run for run in self._runs.values() if run.parked]
@@ -568,6 +593,7 @@ class SuperNode:
                 record_epsilon_cap=record_epsilon_cap,
             )
         except EgressRefused as exc:
+            self.metrics.refused(exc.key)
             _log.warning(
                 "egress refused",
                 key=exc.key,
@@ -619,6 +645,7 @@ class SuperNode:
                 yield pb.ReplyChunk(data=piece)
 
         self._stub.PushReply(chunks())
+        self.metrics.handled(reply, len(frame))
 
     # -- runs ----------------------------------------------------------------------------
 
@@ -651,6 +678,7 @@ class SuperNode:
             bytes(data), run.directory / "app", expected_sha256=context.bundle_sha256
         )
         _log.info("bundle verified", run_id=run.run_id, sha256=sha256)
+        self.metrics.received("bundle", len(data))
         return ClientAppProcess(
             app_dir,
             run_id=run.run_id,

@@ -39,10 +39,10 @@ def test_superlink_serves_health_until_it_stops(federation: Federation):
     probe = _probe(address)
     assert (probe.returncode, probe.stdout, probe.stderr) == (0, "SERVING\n", "")
 
-    # systemd's ExecReload sends SIGHUP: answered in the log, never a silent exit.
+    # systemd's ExecReload sends SIGHUP: a reload, never a silent exit.
     assert federation.superlink is not None
     federation.superlink.send_signal(signal.SIGHUP)
-    wait_for(lambda: "SIGHUP: nothing reloaded" in federation.log("superlink"), 30, "SIGHUP")
+    wait_for(lambda: "SIGHUP: CRL reloaded" in federation.log("superlink"), 30, "SIGHUP")
     assert federation.superlink.poll() is None
     assert _probe(address).returncode == 0
 

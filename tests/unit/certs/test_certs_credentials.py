@@ -113,3 +113,32 @@ def test_identity_repr_has_no_key_bytes(pki, node) -> None:
     identity = verify_certificate(node.cert, ca_cert=pki.ca_cert, now=pki.now)
     assert identity.signing_key is not None
     assert identity.signing_key.hex() not in repr(identity)
+
+
+def test_server_credentials_reload_now_and_keep_serving_on_errors(fresh_ca, server_files) -> None:
+    creds = ReloadingServerCredentials(server_files, clock=lambda: fresh_ca.now)
+    first = creds.certificate
+    same = creds.reload()
+    assert not same.certificate_changed and not same.ca_changed
+
+    key, cert = fresh_ca.ca.issue_server(hosts=["localhost"], ips=[], actor="t", now=fresh_ca.now)
+    write_server_files(
+        server_files.key.parent,
+        key=key,
+        certificate=cert,
+        ca_certificate=fresh_ca.ca_cert,
+        overwrite=True,
+    )
+    change = creds.reload()
+    assert change.certificate_changed and not change.ca_changed
+    assert change.previous == first and change.current == cert == creds.certificate
+    assert creds._fetch() is not None  # the next handshake gets the reloaded configuration
+    assert creds._fetch() is None  # and only once
+
+    node = fresh_ca.issue("st-marys")  # not a server certificate: refused, the old one stays
+    write_private_key(server_files.key, node.tls_key, overwrite=True)
+    write_atomic(server_files.certificate, certificate_pem(node.cert), mode=0o644, overwrite=True)
+    with pytest.raises(CertificateInvalid, match="not valid for TLS server authentication"):
+        creds.reload()
+    assert creds.certificate == cert
+    assert creds._fetch() is None
