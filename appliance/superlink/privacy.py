@@ -75,7 +75,9 @@ class PrivacyTracker:
 
     def _store(self, run_id: int, plan: DPPlan, rounds: int) -> _Figures:
         """Store the run's planned spend and its spend after ``rounds`` rounds."""
-        figures = _Figures(spent=plan.spend(min(rounds, plan.rounds)), planned=plan.spend())
+        # Past the plan's rounds the spend keeps growing (sites refuse such rounds; a
+        # figure above the plan shows that the ServerApp asked for them).
+        figures = _Figures(spent=plan.spend(rounds), planned=plan.spend())
         self._state.set_run_privacy(
             run_id,
             plan_json=json.dumps(plan.describe(), sort_keys=True, separators=(",", ":")),
@@ -83,7 +85,7 @@ class PrivacyTracker:
             delta=figures.spent.delta,
             planned_epsilon=figures.planned.epsilon,
             spent_epsilon=figures.spent.epsilon,
-            rounds_done=min(rounds, plan.rounds),
+            rounds_done=rounds,
         )
         return figures
 

@@ -177,6 +177,13 @@ class RunAdmission:
         if meta.group_id in standing.charged_rounds:  # later SecAgg+ stages of the round
             return
         rounds = len(standing.charged_rounds) + 1
+        plan = standing.charge.plan
+        if plan is not None and rounds > plan.rounds:
+            raise PolicyRefused(
+                "privacy",
+                f"the run's DP plan covers {plan.rounds} round(s) (dp-rounds) and this site "
+                "has taken part in all of them; it trains no more for this run",
+            )
         try:
             server_round = int(meta.group_id)
         except ValueError:

@@ -65,7 +65,7 @@ class Charge:
             )
         if self.plan.mode is PlanMode.DP_SGD:
             return self.planned  # all of it at the first round (see the module docstring)
-        return self.plan.site_spend(min(rounds, self.plan.rounds))
+        return self.plan.site_spend(rounds)  # admission refuses rounds past the plan
 
 
 #: The plan a run must declare where the site requires server-side or shared noise.

@@ -145,9 +145,16 @@ class SuperNode:
 
     def __init__(self, config: SuperNodeConfig) -> None:
         self.config = config
-        if config.policy is not None and config.policy.execution.network is Network.NONE:
-            # Before any thread starts: a namespace test fails in a threaded process.
-            check_network_isolation()
+        # Before any thread starts: a namespace test fails in a threaded process. The
+        # answer is kept for SIGHUP, which may switch the policy to network = "none".
+        self._isolation_error: LimitError | None = None
+        if config.policy is not None or config.policy_path is not None:
+            try:
+                check_network_isolation()
+            except LimitError as exc:
+                if config.policy is not None and config.policy.execution.network is Network.NONE:
+                    raise
+                self._isolation_error = exc
         options = [
             ("grpc.max_receive_message_length", 8 * 2**20),
             ("grpc.keepalive_time_ms", 10_000),
@@ -495,8 +502,8 @@ class SuperNode:
         old = self._policy.policy_hash if self._policy else ""
         try:
             policy = load_policy(path)
-            if policy.execution.network is Network.NONE:
-                check_network_isolation()
+            if policy.execution.network is Network.NONE and self._isolation_error is not None:
+                raise self._isolation_error  # probed at start: a threaded process cannot
             enforced = self._enforce(policy)
         except (PolicyError, LimitError) as exc:
             _log.error("site policy NOT reloaded; the previous one stays", error=str(exc))

@@ -75,10 +75,12 @@ def test_a_round_past_the_reservation_is_refused(budget):
     budget.reserve(5, charge)
     budget.charge_round(5, charge, server_round=1, rounds=1)
     budget.charge_round(5, charge, server_round=2, rounds=2)
-    # A third round is beyond the plan: the spend stays at the plan (capped), and a
-    # round booked twice is refused by the ledger.
+    # A third round is beyond the plan: its spend exceeds the reservation (the
+    # admission refuses it before asking); a round booked twice is refused too.
+    with pytest.raises(PolicyRefused, match="max_epsilon_per_run"):
+        budget.charge_round(5, charge, server_round=3, rounds=3)
     with pytest.raises(Exception, match="already committed round 2"):
-        budget.charge_round(5, charge, server_round=2, rounds=3)
+        budget.charge_round(5, charge, server_round=2, rounds=2)
 
 
 def test_require_dp_central_refuses_a_run_without_a_central_plan(tmp_path):
@@ -167,6 +169,9 @@ def test_a_run_in_flight_resumes_its_booking_after_a_restart(tmp_path):
     assert plan is not None
     assert before == pytest.approx(plan.site_spend(2).epsilon)
     assert after == pytest.approx(plan.site_spend(4).epsilon)
+    # The plan covered four rounds: a fifth is refused, not booked past the plan.
+    with pytest.raises(PolicyRefused, match=r"covers 4 round\(s\)"):
+        node_life(range(5, 6))
 
 
 def test_require_dp_sgd_books_the_record_level_target_and_refuses_other_runs(tmp_path):
