@@ -315,18 +315,27 @@ class DPFedAvgClientSideFixed(_DPFedAvg):
         return new, metrics, failures
 
 
-class _Adaptive:
+class _Adaptive(_DPFedAvg):
     """Adaptive clipping state shared by the two adaptive wrappers (Andrew et al. 2021)."""
 
-    def _init_adaptive(
+    def __init__(
         self,
+        strategy: Strategy,
         *,
         noise_multiplier: float,
-        target_quantile: float,
-        clip_learning_rate: float,
-        clipped_count_stddev: float | None,
-        max_clipping_norm: float | None,
+        initial_clipping_norm: float = 0.1,
+        target_quantile: float = 0.5,
+        clip_learning_rate: float = 0.2,
+        clipped_count_stddev: float | None = None,
+        max_clipping_norm: float | None = None,
+        **kwargs: Any,
     ) -> None:
+        super().__init__(
+            strategy,
+            noise_multiplier=noise_multiplier,
+            clipping_norm=initial_clipping_norm,
+            **kwargs,
+        )
         if not 0 <= target_quantile <= 1:
             raise InvalidPrivacyParameter(
                 f"target_quantile must be in [0, 1], got {target_quantile}"
@@ -338,12 +347,16 @@ class _Adaptive:
         self.target_quantile = float(target_quantile)
         self.clip_learning_rate = float(clip_learning_rate)
         self.clipped_count_stddev = float(
-            noise_multiplier if clipped_count_stddev is None else clipped_count_stddev
+            self.noise_multiplier if clipped_count_stddev is None else clipped_count_stddev
         )
-        self._update_z = split_noise_multiplier(noise_multiplier, self.clipped_count_stddev)
+        self._update_z = split_noise_multiplier(self.noise_multiplier, self.clipped_count_stddev)
         self.max_clipping_norm = (
             None if max_clipping_norm is None else check_clipping_norm(max_clipping_norm)
         )
+
+    @property
+    def update_noise_multiplier(self) -> float:
+        return self._update_z
 
     def _adapt(
         self, norm: float, within: int, count: int, rng: np.random.Generator
@@ -378,42 +391,11 @@ _ADAPTIVE_DOC = """
 """
 
 
-class DPFedAvgAdaptive(_Adaptive, _DPFedAvg):
+class DPFedAvgAdaptive(_Adaptive):
     __doc__ = (
         "Central DP-FedAvg with server-side adaptive clipping (Andrew et al. 2021).\n"
         + _ADAPTIVE_DOC
     )
-
-    def __init__(
-        self,
-        strategy: Strategy,
-        *,
-        noise_multiplier: float,
-        initial_clipping_norm: float = 0.1,
-        target_quantile: float = 0.5,
-        clip_learning_rate: float = 0.2,
-        clipped_count_stddev: float | None = None,
-        max_clipping_norm: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        _DPFedAvg.__init__(
-            self,
-            strategy,
-            noise_multiplier=noise_multiplier,
-            clipping_norm=initial_clipping_norm,
-            **kwargs,
-        )
-        self._init_adaptive(
-            noise_multiplier=self.noise_multiplier,
-            target_quantile=target_quantile,
-            clip_learning_rate=clip_learning_rate,
-            clipped_count_stddev=clipped_count_stddev,
-            max_clipping_norm=max_clipping_norm,
-        )
-
-    @property
-    def update_noise_multiplier(self) -> float:
-        return self._update_z
 
     def _after_release(
         self, server_round: int, total: ClippedSum, within: int, metrics: MetricRecord
@@ -431,37 +413,6 @@ class DPFedAvgClientSideAdaptive(_Adaptive, DPFedAvgClientSideFixed):
         "current ``C`` (up to their own maximum) and report whether their update fitted;\n"
         "the server noises the count and adapts ``C`` (Andrew et al. 2021).\n" + _ADAPTIVE_DOC
     )
-
-    def __init__(
-        self,
-        strategy: Strategy,
-        *,
-        noise_multiplier: float,
-        initial_clipping_norm: float = 0.1,
-        target_quantile: float = 0.5,
-        clip_learning_rate: float = 0.2,
-        clipped_count_stddev: float | None = None,
-        max_clipping_norm: float | None = None,
-        **kwargs: Any,
-    ) -> None:
-        _DPFedAvg.__init__(
-            self,
-            strategy,
-            noise_multiplier=noise_multiplier,
-            clipping_norm=initial_clipping_norm,
-            **kwargs,
-        )
-        self._init_adaptive(
-            noise_multiplier=self.noise_multiplier,
-            target_quantile=target_quantile,
-            clip_learning_rate=clip_learning_rate,
-            clipped_count_stddev=clipped_count_stddev,
-            max_clipping_norm=max_clipping_norm,
-        )
-
-    @property
-    def update_noise_multiplier(self) -> float:
-        return self._update_z
 
     def _round_config(self, config: ConfigRecord) -> ConfigRecord:
         config = super()._round_config(config)
