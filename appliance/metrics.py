@@ -273,11 +273,7 @@ class SuperLinkMetrics:
             details: Mapping[str, object],
         ) -> None:
             sink(session, action, actor=actor, subjects=subjects, details=details)
-            counted = _Committed(self, action, details)
-            if isinstance(session, Session):
-                event.listen(session, "after_commit", counted, once=True)
-            else:  # pragma: no cover - the state always passes an ORM session
-                counted(session)
+            event.listen(session, "after_commit", _Committed(self, action, details), once=True)
 
         return tap
 

@@ -7,23 +7,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from demo_processes import processes_under
 
 pytest.importorskip("sklearn", reason="needs the examples extra (scikit-learn)")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _our_processes() -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"{ROOT / 'var' / 'demo'}{os.sep}" in cmdline:  # not var/demo-bank's
-            found.append(cmdline)
-    return found
 
 
 @pytest.mark.integration
@@ -63,4 +50,4 @@ def test_demo_trains_over_mtls_and_stops_every_process():
     assert replies and int(replies.group(1)) == int(replies.group(3)) > 0
     exports = ROOT / "var" / "demo" / "audit-exports"
     assert (exports / "superlink" / "entries.jsonl").exists()
-    assert _our_processes() == []
+    assert processes_under(ROOT / "var" / "demo") == []

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from demo_processes import processes_under
 
 pytest.importorskip("torch", reason="the bank demo needs the torch extra (torch, opacus)")
 pytest.importorskip("opacus", reason="the bank demo needs the torch extra (torch, opacus)")
@@ -15,20 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 WORKDIR = ROOT / "var" / "demo-bank"
 TARGET_EPSILON = 2.0  # the bank app's dp-target-epsilon
 RANDOM_AUPRC = 0.0106  # the test set's fraud rate (default seed)
-
-
-def _our_processes() -> list[str]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if f"{WORKDIR}{os.sep}" in cmdline:
-            found.append(cmdline)
-    return found
 
 
 def _run_demo(timeout_s: float) -> tuple[int, str, str]:
@@ -87,4 +74,4 @@ def test_bank_demo_trains_with_dp_sgd_over_mtls_and_stops_every_process():
     )
     assert replies and int(replies.group(1)) == int(replies.group(3)) > 0
     assert (WORKDIR / "audit-exports" / "superlink" / "entries.jsonl").exists()
-    assert _our_processes() == []
+    assert processes_under(WORKDIR) == []
