@@ -169,6 +169,26 @@ class SkellamEncoder:
             raise ParameterError(f"distributed DP: {exc}") from None
 
 
+def _distributed_plan(run_config: Mapping[str, Any]) -> DPPlan:
+    from dp.errors import InvalidPrivacyParameter
+    from dp.plan import DPPlan
+
+    plan = DPPlan.from_run_config(run_config)
+    if plan is None or not _is_distributed(plan):
+        raise InvalidPrivacyParameter("the run config declares no dp-mode = 'distributed' plan")
+    return plan
+
+
+def _modulus_bits(plan: DPPlan, *, dimension: int, sites: int) -> int:
+    from dp.distributed import required_modulus_bits
+
+    needed = required_modulus_bits(_skellam_plan(plan, dimension=dimension, sites=sites))
+    for bits in (32, 64):
+        if needed <= bits:
+            return bits
+    raise ValueError(f"the noisy sum needs {needed} bits; lower dp-scale")
+
+
 def modulus_bits(run_config: Mapping[str, Any], *, dimension: int, sites: int) -> int:
     """32 or 64: the SecAgg+ modulus under which the noisy sum of ``sites`` cannot wrap.
 
@@ -176,18 +196,7 @@ def modulus_bits(run_config: Mapping[str, Any], *, dimension: int, sites: int) -
         dp.InvalidPrivacyParameter: the run declares no distributed plan.
         ValueError: not even 64 bits hold it.
     """
-    from dp.distributed import required_modulus_bits
-    from dp.errors import InvalidPrivacyParameter
-    from dp.plan import DPPlan
-
-    plan = DPPlan.from_run_config(run_config)
-    if plan is None or not _is_distributed(plan):
-        raise InvalidPrivacyParameter("the run config declares no dp-mode = 'distributed' plan")
-    needed = required_modulus_bits(_skellam_plan(plan, dimension=dimension, sites=sites))
-    for bits in (32, 64):
-        if needed <= bits:
-            return bits
-    raise ValueError(f"the noisy sum needs {needed} bits; lower dp-scale")
+    return _modulus_bits(_distributed_plan(run_config), dimension=dimension, sites=sites)
 
 
 def distributed_secagg(
@@ -206,11 +215,8 @@ def distributed_secagg(
         dp.InvalidPrivacyParameter: no distributed plan, or an invalid one.
         ValueError: the noisy sum does not fit in 64 bits.
     """
-    from dp.plan import DPPlan
-
-    plan = DPPlan.from_run_config(run_config)
-    bits = modulus_bits(run_config, dimension=dimension, sites=sites)
-    assert plan is not None
+    plan = _distributed_plan(run_config)
+    bits = _modulus_bits(plan, dimension=dimension, sites=sites)
     options["min_participants"] = max(
         int(options.get("min_participants", 3)), plan.min_surviving_sites
     )
