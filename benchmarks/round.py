@@ -440,9 +440,11 @@ class Federation:
         procs: Processes,
         profile: Path | None,
         profile_format: str = "flamegraph",
+        profile_rate: int = 50,
     ) -> None:
         self.pki = pki
         self.profile_format = profile_format
+        self.profile_rate = profile_rate
         self.root = root
         self.procs = procs
         self.profile = profile
@@ -465,7 +467,7 @@ class Federation:
             "--subprocesses",
             "--nonblocking",
             "--rate",
-            "50",
+            str(self.profile_rate),
             "--format",
             fmt,
             "-o",
@@ -610,9 +612,10 @@ def bench_runtime(
     profile_format: str,
     verbose: bool,
     secagg: bool = False,
+    profile_rate: int = 50,
 ) -> RuntimeResult:
     procs = Processes()
-    fed = Federation(pki, root, procs, profile, profile_format)
+    fed = Federation(pki, root, procs, profile, profile_format, profile_rate)
     result = RuntimeResult()
     try:
         superlink_pid = fed.start_superlink(deadline)
@@ -1047,6 +1050,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default="flamegraph",
         help="py-spy output (raw: collapsed stacks, one file per process tree)",
     )
+    parser.add_argument(
+        "--profile-rate", type=int, default=50, help="py-spy samples per second (default 50)"
+    )
     parser.add_argument("--verbose", action="store_true", help="echo the run logs")
     parser.add_argument(
         "--secagg",
@@ -1103,6 +1109,7 @@ def main(argv: list[str]) -> int:
                             deadline=per_run,
                             profile=profile,
                             profile_format=args.profile_format,
+                            profile_rate=args.profile_rate,
                             verbose=args.verbose,
                         )
                         print(

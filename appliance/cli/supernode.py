@@ -10,6 +10,7 @@ from types import FrameType
 import click
 
 import audit
+from appliance.allocator import keep_freed_buffers
 from appliance.appconfig import parse_config_pairs
 from appliance.cli.audit import VKeyParam
 from appliance.cli.health import health_address_option, health_service, metrics_address_option
@@ -98,6 +99,7 @@ def supernode(
     finish (--shutdown-grace), signs the site audit log's last tree head and exits.
     """
     configure_logging("json", level=logging.INFO)
+    keep_freed_buffers()
     if insecure and not name:
         raise click.UsageError("--insecure needs --name (the node name to claim)")
     if not insecure and None in (ca, cert, key, signing_key):

@@ -7,12 +7,25 @@ bytes, which gives deduplication (the same bytes are stored once) and integrity
 
 Guarantees:
 
-* Writes go to a private temp file in the same directory, are fsynced, then
-  renamed atomically to ``<sha256>``: a reader never sees a partial blob.
+* Writes go to a private temp file in the same directory, then are renamed
+  atomically to ``<sha256>``: a reader never sees a partial blob. A durable write
+  (the default: bundles, artifacts) is fsynced, file and directory, before it
+  returns. A transient one (``durable=False``: message bodies, which a restart
+  does not need because it fails every run in flight) is left to the page cache;
+  if the machine then crashes, the blob may be lost or torn, and reading it back
+  raises :class:`BlobError` (every read is re-hashed), never wrong bytes.
+* A durable write of bytes already stored replaces the file with its fsynced copy
+  (a blob torn by a crash heals); a transient one keeps the stored file, which may
+  be durable.
 * More than ``max_bytes`` is refused with :class:`BlobTooLarge`; the temp file is
   removed, nothing is stored.
 * Streaming paths (:meth:`BlobStore.put_stream`, :meth:`BlobStore.open_chunks`)
   hold one chunk at a time in memory.
+* A read is re-hashed unless the store already knows that exact version of the
+  file (it wrote the bytes and hashed them, or a full read verified them): same
+  inode, size, modification time and change time. Any write to a blob file, or a
+  ``touch``, changes the change time, which only root can set back; the memo is
+  bounded and in memory. A message body pulled by ten SuperNodes is hashed once.
 * Files are ``0600`` and the directory ``0700``. Names are validated as SHA-256 hex
   before any path is built, so a caller cannot escape the directory.
 
@@ -26,8 +39,10 @@ import contextlib
 import hashlib
 import os
 import tempfile
+import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -39,6 +54,10 @@ __all__ = ["DEFAULT_CHUNK_BYTES", "BlobStore"]
 #: Chunk size used when streaming a blob back out.
 DEFAULT_CHUNK_BYTES = 1024 * 1024
 _TMP_PREFIX = ".tmp-"
+#: How many verified file versions the store remembers.
+_VERIFIED_MEMO = 4096
+#: A file version: inode, size, modification and change times (ns).
+_Version = tuple[int, int, int, int]
 
 
 class BlobStore:
@@ -53,6 +72,8 @@ class BlobStore:
 
     def __init__(self, directory: Path) -> None:
         self._dir = Path(directory)
+        self._verified: OrderedDict[str, _Version] = OrderedDict()
+        self._verified_lock = threading.Lock()
         try:
             self._dir.mkdir(mode=0o700, parents=True, exist_ok=True)
             os.chmod(self._dir, 0o700)
@@ -67,7 +88,9 @@ class BlobStore:
     def _path(self, sha256: str) -> Path:
         return self._dir / check_sha256(sha256)
 
-    def put_stream(self, chunks: Iterable[bytes], *, max_bytes: int) -> BlobRef:
+    def put_stream(
+        self, chunks: Iterable[bytes], *, max_bytes: int, durable: bool = True
+    ) -> BlobRef:
         """Store the concatenation of ``chunks``.
 
         MUST hold at most one chunk in memory, MUST refuse more than ``max_bytes``
@@ -76,6 +99,7 @@ class BlobStore:
         Args:
             chunks: the bytes, in order (``bytes``, ``bytearray`` or ``memoryview``).
             max_bytes: the most bytes accepted.
+            durable: fsync before returning (see the module's guarantees).
 
         Returns:
             The blob's SHA-256 and size.
@@ -93,23 +117,26 @@ class BlobStore:
             raise BlobError(f"cannot create a temp file in {self._dir}: {exc}") from exc
         tmp = Path(tmp_name)
         try:
-            sha256, size = _write_chunks(fd, chunks, max_bytes)
-            self._commit(tmp, sha256)
+            sha256, size = _write_chunks(fd, chunks, max_bytes, durable)
+            self._commit(tmp, sha256, durable)
         except BaseException:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
             raise
         return BlobRef(sha256=sha256, size=size)
 
-    def _commit(self, tmp: Path, sha256: str) -> None:
+    def _commit(self, tmp: Path, sha256: str, durable: bool) -> None:
         target = self._dir / sha256
         try:
-            if target.exists():
+            if durable or not target.exists():
+                os.replace(tmp, target)
+                # Its bytes were hashed as they were written (a rename sets the change time).
+                self._remember(sha256, _version(os.stat(target)))
+                if durable:
+                    _fsync_dir(self._dir)
+            else:
                 tmp.unlink()
                 os.utime(target)  # a fresh reference: keep it out of an age-based gc
-            else:
-                os.replace(tmp, target)
-                _fsync_dir(self._dir)
         except OSError as exc:
             raise BlobError(f"cannot store blob {sha256} in {self._dir}: {exc}") from exc
 
@@ -140,7 +167,22 @@ class BlobStore:
         if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
             raise InvalidArgument(f"chunk_size must be an int >= 1, got {chunk_size!r}")
         src = os.fdopen(self._open(sha256), "rb")
-        return _iter_file(src, sha256, chunk_size, verify)
+        version = _version(os.fstat(src.fileno()))
+        if verify and self._is_verified(sha256, version):
+            verify = False
+        on_verified = (lambda: self._remember(sha256, version)) if verify else None
+        return _iter_file(src, sha256, chunk_size, verify, on_verified)
+
+    def _remember(self, sha256: str, version: _Version) -> None:
+        with self._verified_lock:
+            self._verified[sha256] = version
+            self._verified.move_to_end(sha256)
+            while len(self._verified) > _VERIFIED_MEMO:
+                self._verified.popitem(last=False)
+
+    def _is_verified(self, sha256: str, version: _Version) -> bool:
+        with self._verified_lock:
+            return self._verified.get(sha256) == version
 
     def read_bytes(self, sha256: str) -> bytes:
         """Return a whole blob (only for blobs known to be small).
@@ -232,7 +274,9 @@ def _is_blob_name(name: str) -> bool:
     return len(name) == 64 and all(c in "0123456789abcdef" for c in name)
 
 
-def _write_chunks(fd: int, chunks: Iterable[bytes], max_bytes: int) -> tuple[str, int]:
+def _write_chunks(
+    fd: int, chunks: Iterable[bytes], max_bytes: int, durable: bool
+) -> tuple[str, int]:
     """Write ``chunks`` to ``fd`` unbuffered; errors of the iterator itself propagate as-is."""
     digest = hashlib.sha256()
     size = 0
@@ -248,10 +292,11 @@ def _write_chunks(fd: int, chunks: Iterable[bytes], max_bytes: int) -> tuple[str
                 _write_all(out, memoryview(chunk))
             except OSError as exc:
                 raise BlobError(f"cannot write blob data: {exc}") from exc
-        try:
-            os.fsync(out.fileno())
-        except OSError as exc:
-            raise BlobError(f"cannot flush blob data: {exc}") from exc
+        if durable:
+            try:
+                os.fsync(out.fileno())
+            except OSError as exc:
+                raise BlobError(f"cannot flush blob data: {exc}") from exc
     return digest.hexdigest(), size
 
 
@@ -261,7 +306,13 @@ def _write_all(out: BinaryIO, data: memoryview) -> None:
         data = data[written:]
 
 
-def _iter_file(src: BinaryIO, sha256: str, chunk_size: int, verify: bool) -> Iterator[bytes]:
+def _iter_file(
+    src: BinaryIO,
+    sha256: str,
+    chunk_size: int,
+    verify: bool,
+    on_verified: Callable[[], None] | None,
+) -> Iterator[bytes]:
     digest = hashlib.sha256()
     try:
         with src:
@@ -273,6 +324,12 @@ def _iter_file(src: BinaryIO, sha256: str, chunk_size: int, verify: bool) -> Ite
         raise BlobError(f"cannot read blob {sha256}: {exc}") from exc
     if verify and digest.hexdigest() != sha256:
         raise BlobError(f"blob {sha256} is corrupt: its bytes hash to {digest.hexdigest()}")
+    if on_verified is not None:
+        on_verified()
+
+
+def _version(st: os.stat_result) -> _Version:
+    return (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _fsync_dir(directory: Path) -> None:

@@ -83,7 +83,9 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
     ) -> pb.PushContentResponse:
         self._run_id(context)
         blob = self._state.blobs.put_stream(
-            (chunk.data for chunk in request_iterator), max_bytes=self._max_message_bytes
+            (chunk.data for chunk in request_iterator),
+            max_bytes=self._max_message_bytes,
+            durable=False,  # a message body: a restart fails its run anyway
         )
         return pb.PushContentResponse(content_ref=blob.sha256, size=blob.size)
 
@@ -161,7 +163,9 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "an artifact starts with its name")
         name = check_artifact_name(first.name)
         blob = self._state.blobs.put_stream(
-            (chunk.data for chunk in request_iterator), max_bytes=self._max_message_bytes
+            (chunk.data for chunk in request_iterator),
+            max_bytes=self._max_message_bytes,
+            durable=False,  # a message body: a restart fails its run anyway
         )
         self._state.put_artifact(run_id, name, blob)
         if name == METRICS and blob.size <= _MAX_METRICS_BYTES:

@@ -185,7 +185,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     f"{self._max_message_bytes}",
                 )
             content = self._state.blobs.put_stream(
-                (chunk.data for chunk in request_iterator), max_bytes=head.content_size
+                (chunk.data for chunk in request_iterator),
+                max_bytes=head.content_size,
+                durable=False,  # a reply body: a restart fails its run anyway
             )
             if content.size != head.content_size:
                 context.abort(

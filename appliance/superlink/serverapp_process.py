@@ -16,6 +16,7 @@ import traceback
 
 import grpc
 
+from appliance.allocator import keep_freed_buffers
 from appliance.appconfig import load_app_spec, load_component
 from appliance.context import Context
 from appliance.message import SERVER_NODE_ID
@@ -37,6 +38,7 @@ def _finish(channel: grpc.Channel, token: str, *, failed: bool, reason: str) -> 
 
 def main(argv: list[str]) -> int:
     """Run the ServerApp in ``argv[0]``; return the exit code."""
+    keep_freed_buffers()
     app_dir = argv[0]
     address = os.environ[ENV_ADDRESS]
     token = os.environ.pop(ENV_TOKEN)

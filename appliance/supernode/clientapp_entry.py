@@ -14,6 +14,7 @@ import json
 import os
 import sys
 
+from appliance.allocator import keep_freed_buffers
 from appliance.supernode.limits import LimitError, ResourceLimits, apply_limits
 
 __all__ = ["ENV_LIMITS", "main"]
@@ -36,6 +37,7 @@ def confine() -> str:
 def main(argv: list[str]) -> int:
     """Confine, then hand over to :mod:`appliance.supernode.clientapp_process`."""
     refused = confine()
+    keep_freed_buffers()
     from appliance.supernode import clientapp_process
 
     return clientapp_process.main(argv, refused=refused)

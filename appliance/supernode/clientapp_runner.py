@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import select
@@ -46,20 +47,33 @@ class _ChildFailed(ApplianceError):
     pass
 
 
+#: Pipe capacity asked for (Linux): a 4 MB frame crosses in 4 reads, not 64.
+PIPE_BYTES = 1024 * 1024
+
+
 def _read_exactly(fd: int, count: int, deadline: float) -> bytearray:
-    buffer = bytearray()
-    while len(buffer) < count:
+    buffer = bytearray(count)
+    view = memoryview(buffer)
+    filled = 0
+    while filled < count:
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise TimeoutError
         ready, _, _ = select.select([fd], [], [], remaining)
         if not ready:
             raise TimeoutError
-        chunk = os.read(fd, min(count - len(buffer), 4 * 1024 * 1024))
-        if not chunk:
+        read = os.readv(fd, [view[filled:]])
+        if not read:
             raise _ChildFailed("the ClientApp process closed its pipe")
-        buffer += chunk
+        filled += read
     return buffer
+
+
+def _widen(fd: int) -> None:
+    """Ask for a larger pipe buffer; the default (64 KiB) is kept if refused."""
+    if hasattr(fcntl, "F_SETPIPE_SZ"):
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 class ClientAppProcess:
@@ -103,6 +117,8 @@ class ClientAppProcess:
     def _start(self) -> None:
         child_in, self._to_child = os.pipe()
         self._from_child, child_out = os.pipe()
+        _widen(self._to_child)
+        _widen(child_out)
         env = scrubbed_env(self._extra_env)
         env[ENV_IN_FD], env[ENV_OUT_FD] = str(child_in), str(child_out)
         env[ENV_CONTEXT] = json.dumps(self._settings)

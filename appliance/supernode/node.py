@@ -586,11 +586,13 @@ class SuperNode:
 
     def _egress(
         self, request: Message, reply: Message, record_epsilon_cap: float | None
-    ) -> tuple[Message, bytes]:
-        """What may leave: the checked reply and its frame (or a refusal in its place)."""
+    ) -> tuple[Message, bytes, bytes]:
+        """What may leave: the checked reply, its frame and the frame's SHA-256 (or a
+        refusal in its place)."""
         policy = self._policy
         if policy is None:
-            return reply, b"" if reply.has_error() else encode_record_dict(reply.content)
+            frame = b"" if reply.has_error() else encode_record_dict(reply.content)
+            return reply, frame, hashlib.sha256(frame).digest()
         try:
             approved = verify_egress(
                 policy,
@@ -611,13 +613,13 @@ class SuperNode:
             approved = verify_egress(
                 policy, refusal_reply(request, exc), request=request, host_secagg=self._host_secagg
             )
-        return approved.message, approved.frame
+        sha256 = approved.report.content_sha256 or hashlib.sha256(b"").hexdigest()
+        return approved.message, approved.frame, bytes.fromhex(sha256)
 
     def _push(
         self, request: Message, reply: Message, record_epsilon_cap: float | None = None
     ) -> None:
-        reply, frame = self._egress(request, reply, record_epsilon_cap)
-        frame_sha256 = hashlib.sha256(frame).digest()
+        reply, frame, frame_sha256 = self._egress(request, reply, record_epsilon_cap)
         assert self._site_audit is not None
         # Before a byte leaves: no egress.reply entry, no send (fail closed).
         self._site_audit.egress(reply, node_id=self.node_id, frame=frame, sha256=frame_sha256)

@@ -121,6 +121,100 @@ def test_corruption_is_detected_while_streaming(store):
         b"".join(store.open_chunks(ref.sha256))
 
 
+def _count_fsyncs(monkeypatch):
+    calls = []
+    real = os.fsync
+
+    def counting(fd):
+        calls.append(fd)
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", counting)
+    return calls
+
+
+def test_durable_writes_are_fsynced_and_transient_ones_are_not(store, monkeypatch):
+    calls = _count_fsyncs(monkeypatch)
+    store.put_bytes(b"a bundle")
+    assert len(calls) == 2  # the file, then the directory
+    calls.clear()
+    ref = store.put_stream([b"a reply body"], max_bytes=100, durable=False)
+    assert calls == []
+    assert store.read_bytes(ref.sha256) == b"a reply body"
+
+
+def test_a_durable_write_heals_a_torn_copy(store):
+    ref = store.put_stream([b"model bytes"], max_bytes=100, durable=False)
+    (store.directory / ref.sha256).write_bytes(b"torn")  # as a crash could leave it
+    with pytest.raises(BlobError, match="corrupt"):
+        store.read_bytes(ref.sha256)
+    store.put_bytes(b"model bytes")
+    assert store.read_bytes(ref.sha256) == b"model bytes"
+
+
+def test_a_transient_write_keeps_the_stored_copy(store):
+    ref = store.put_bytes(b"bundle bytes")
+    before = (store.directory / ref.sha256).stat()
+    os.utime(store.directory / ref.sha256, (before.st_atime - 60, before.st_mtime - 60))
+    store.put_stream([b"bundle bytes"], max_bytes=100, durable=False)
+    after = (store.directory / ref.sha256).stat()
+    assert after.st_ino == before.st_ino
+    assert after.st_mtime > before.st_mtime - 60  # refreshed: out of an age-based gc
+    assert _files(store) == [ref.sha256]
+
+
+def _count_hashing(monkeypatch):
+    from appliance.state import blobs
+
+    hashed = []  # the bytes each digest was fed
+
+    class Digest:
+        def __init__(self):
+            self._digest = hashlib.sha256()
+            hashed.append(0)
+
+        def update(self, data):
+            hashed[-1] += len(data)
+            self._digest.update(data)
+
+        def hexdigest(self):
+            return self._digest.hexdigest()
+
+    class Counting:
+        sha256 = Digest
+
+    monkeypatch.setattr(blobs, "hashlib", Counting)
+    return hashed
+
+
+def test_a_known_file_version_is_not_hashed_again(store, monkeypatch):
+    ref = store.put_bytes(os.urandom(3 * MIB))
+    calls = _count_hashing(monkeypatch)
+    for _ in range(3):
+        assert hashlib.sha256(b"".join(store.open_chunks(ref.sha256))).hexdigest() == ref.sha256
+    assert calls == [0, 0, 0]  # nothing hashed
+
+
+def test_a_same_size_rewrite_after_verification_is_detected(store):
+    ref = store.put_bytes(b"original bytes")
+    assert store.read_bytes(ref.sha256) == b"original bytes"
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    with open(store.directory / ref.sha256, "r+b") as file:  # same inode, same size
+        file.write(b"tampered")
+    with pytest.raises(BlobError, match="is corrupt"):
+        store.read_bytes(ref.sha256)
+
+
+def test_a_file_verified_by_reading_is_remembered(tmp_path, monkeypatch):
+    first = BlobStore(tmp_path / "blobs")
+    ref = first.put_bytes(b"x" * MIB)
+    second = BlobStore(tmp_path / "blobs")  # a restarted SuperLink: nothing known
+    calls = _count_hashing(monkeypatch)
+    second.read_bytes(ref.sha256)
+    second.read_bytes(ref.sha256)
+    assert calls == [MIB, 0]  # the first read verified it
+
+
 def test_delete(store):
     ref = store.put_bytes(b"bye")
     assert store.delete(ref.sha256) is True

@@ -1,0 +1,44 @@
+"""Keep the pages of freed message buffers for the next message (glibc only).
+
+Message bodies are megabytes. By default glibc serves each such allocation with a
+fresh ``mmap`` and hands freed heap tops straight back to the kernel, so every
+message pays one page fault per 4 KiB of memory the process released a moment
+before. On a virtual machine that faulting costs more than the copy it serves
+(measured: a 4 MiB copy 4.4x slower on fresh pages than on reused ones).
+
+:func:`keep_freed_buffers` raises glibc's mmap threshold (allocations up to
+32 MiB come from the heap) and its trim threshold (up to 64 MiB of free heap top
+are kept), so a process that moves message after message reuses the same pages.
+The process's peak memory does not change; it keeps what it already had.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import platform
+
+__all__ = ["MMAP_THRESHOLD_BYTES", "TRIM_THRESHOLD_BYTES", "keep_freed_buffers"]
+
+#: Allocations up to this size come from the heap (glibc's largest allowed value).
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+#: Free memory at the top of a heap kept for reuse instead of returned to the kernel.
+TRIM_THRESHOLD_BYTES = 64 * 1024 * 1024
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+
+
+def keep_freed_buffers() -> bool:
+    """Tune glibc's allocator as described above; whether it was (False elsewhere)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    return bool(
+        mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
+    )
