@@ -7,6 +7,9 @@ fingerprints are unique. Deciding *whether* a certificate may enrol is the job o
 
 from __future__ import annotations
 
+import threading
+from typing import Any
+
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -15,7 +18,7 @@ from appliance.state._store import RetryTransaction, Store, check_id, check_text
 from appliance.state.audit_sink import AuditActor
 from appliance.state.errors import NodeAlreadyEnrolled, NodeNotFound
 from appliance.state.models import NodeRow
-from appliance.state.values import Node, check_sha256
+from appliance.state.values import Enrolment, Node, check_sha256
 
 _ENROL_ATTEMPTS = 5
 
@@ -36,6 +39,44 @@ def node_from_row(row: NodeRow) -> Node:
 
 class NodeStore(Store):
     """Node operations of :class:`~appliance.state.State`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Who is enrolled, by certificate fingerprint: asked on every Fleet call,
+        # changed only by enrol_node and remove_node (which bump the generation).
+        self._enrolments: dict[str, Enrolment] | None = None
+        self._enrolments_generation = 0
+        self._enrolments_lock = threading.Lock()
+
+    def enrolment(self, cert_fingerprint: str) -> Enrolment | None:
+        """Who is enrolled with this certificate fingerprint, if anyone.
+
+        Served from memory: the enrolments are read once and read again after
+        :meth:`enrol_node` or :meth:`remove_node`, so this process's changes are
+        seen at once. The SuperLink owns its database; nothing else enrols nodes.
+        """
+        with self._enrolments_lock:
+            known, generation = self._enrolments, self._enrolments_generation
+        if known is None:
+            with self._read() as session:
+                known = {
+                    row.cert_fingerprint: Enrolment(
+                        node_id=row.node_id,
+                        name=row.name,
+                        cert_fingerprint=row.cert_fingerprint,
+                        signing_key_fingerprint=row.signing_key_fingerprint,
+                    )
+                    for row in session.scalars(select(NodeRow))
+                }
+            with self._enrolments_lock:
+                if generation == self._enrolments_generation:  # no change meanwhile
+                    self._enrolments = known
+        return known.get(cert_fingerprint)
+
+    def _enrolments_changed(self) -> None:
+        with self._enrolments_lock:
+            self._enrolments = None
+            self._enrolments_generation += 1
 
     def enrol_node(
         self,
@@ -70,41 +111,44 @@ class NodeStore(Store):
         check_sha256(signing_key_fingerprint, "signing_key_fingerprint")
         check_text(enrolled_by, "enrolled_by", 256)
         at = self._now(now)
-        for _ in range(_ENROL_ATTEMPTS):
-            try:
-                with self._write() as session:
-                    self._refuse_duplicate(session, name, cert_fingerprint)
-                    row = NodeRow(
-                        node_id=new_id(),
-                        name=name,
-                        cert_fingerprint=cert_fingerprint,
-                        signing_key_fingerprint=signing_key_fingerprint,
-                        enrolled_at=at,
-                        enrolled_by=enrolled_by,
-                        last_seen_at=None,
-                        online=False,
-                    )
-                    session.add(row)
-                    try:
-                        session.flush()
-                    except IntegrityError:
-                        raise RetryTransaction from None
-                    node = node_from_row(row)
-                    self._audit(
-                        session,
-                        "node.enrolled",
-                        actor=actor,
-                        subjects={"node": str(node.node_id)},
-                        details={
-                            "name": name,
-                            "cert_fingerprint": cert_fingerprint,
-                            "signing_key_fingerprint": signing_key_fingerprint,
-                        },
-                    )
-                    return node
-            except RetryTransaction:
-                continue  # a concurrent enrolment or an id collision: re-check and retry
-        raise NodeAlreadyEnrolled(f"node {name!r} could not be enrolled (conflicting writes)")
+        try:
+            for _ in range(_ENROL_ATTEMPTS):
+                try:
+                    with self._write() as session:
+                        self._refuse_duplicate(session, name, cert_fingerprint)
+                        row = NodeRow(
+                            node_id=new_id(),
+                            name=name,
+                            cert_fingerprint=cert_fingerprint,
+                            signing_key_fingerprint=signing_key_fingerprint,
+                            enrolled_at=at,
+                            enrolled_by=enrolled_by,
+                            last_seen_at=None,
+                            online=False,
+                        )
+                        session.add(row)
+                        try:
+                            session.flush()
+                        except IntegrityError:
+                            raise RetryTransaction from None
+                        node = node_from_row(row)
+                        self._audit(
+                            session,
+                            "node.enrolled",
+                            actor=actor,
+                            subjects={"node": str(node.node_id)},
+                            details={
+                                "name": name,
+                                "cert_fingerprint": cert_fingerprint,
+                                "signing_key_fingerprint": signing_key_fingerprint,
+                            },
+                        )
+                        return node
+                except RetryTransaction:
+                    continue  # a concurrent enrolment or an id collision: re-check and retry
+            raise NodeAlreadyEnrolled(f"node {name!r} could not be enrolled (conflicting writes)")
+        finally:
+            self._enrolments_changed()
 
     @staticmethod
     def _refuse_duplicate(session: Session, name: str, cert_fingerprint: str) -> None:
@@ -130,21 +174,24 @@ class NodeStore(Store):
         Raises:
             NodeNotFound: no node has this name.
         """
-        with self._write() as session:
-            row = session.scalars(select(NodeRow).where(NodeRow.name == name)).first()
-            if row is None:
-                raise NodeNotFound(repr(name))
-            node = node_from_row(row)
-            session.delete(row)
-            session.flush()
-            self._audit(
-                session,
-                "node.removed",
-                actor=actor,
-                subjects={"node": str(node.node_id)},
-                details={"name": node.name, "cert_fingerprint": node.cert_fingerprint},
-            )
-            return node
+        try:
+            with self._write() as session:
+                row = session.scalars(select(NodeRow).where(NodeRow.name == name)).first()
+                if row is None:
+                    raise NodeNotFound(repr(name))
+                node = node_from_row(row)
+                session.delete(row)
+                session.flush()
+                self._audit(
+                    session,
+                    "node.removed",
+                    actor=actor,
+                    subjects={"node": str(node.node_id)},
+                    details={"name": node.name, "cert_fingerprint": node.cert_fingerprint},
+                )
+                return node
+        finally:
+            self._enrolments_changed()
 
     def get_node(self, node_id: int) -> Node:
         """Return a node by id.

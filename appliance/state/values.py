@@ -21,6 +21,7 @@ from appliance.state.errors import InvalidArgument
 __all__ = [
     "BlobRef",
     "BundleRef",
+    "Enrolment",
     "Event",
     "LogLine",
     "LogStream",
@@ -110,6 +111,17 @@ class BundleRef:
     sha256: str
     size: int
     created_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Enrolment:
+    """Who a node certificate belongs to: the fields that never change while enrolled
+    (presence, which does, is in :class:`Node`)."""
+
+    node_id: int
+    name: str
+    cert_fingerprint: str
+    signing_key_fingerprint: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -125,10 +125,15 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         signal = self._hub.replies(run_id)
         while remaining and context.is_active():
             version = signal.version
-            for reply in self._state.replies_for(run_id, remaining):
-                yield from self._stream_reply(reply)
-                self._state.mark_replies_delivered([reply.message_id])
-                remaining.discard(reply.reply_to_message_id)
+            streamed: list[str] = []
+            try:
+                for reply in self._state.replies_for(run_id, remaining):
+                    yield from self._stream_reply(reply)
+                    streamed.append(reply.message_id)
+                    remaining.discard(reply.reply_to_message_id)
+            finally:  # one transaction for the replies that went out whole
+                if streamed:
+                    self._state.mark_replies_delivered(streamed)
             if not remaining:
                 return
             wait = (

@@ -26,7 +26,7 @@ from appliance.message import SERVER_NODE_ID
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto import fleet_pb2_grpc
 from appliance.receipts import RECEIPT_SIGNATURE_METHOD, Decision, Receipt, RunManifest
-from appliance.state import BlobRef, LogStream, Node, State, StoredReceipt
+from appliance.state import BlobRef, Enrolment, LogStream, State, StoredReceipt
 from appliance.superlink.audit_trail import SuperLinkAudit, actor_of
 from appliance.superlink.hub import Hub
 from appliance.superlink.runs import BUNDLE_SIGNATURE
@@ -40,6 +40,8 @@ from certs.signing import EnvelopeKind, RequestVerifier, SignedEnvelope
 __all__ = ["FleetServicer"]
 
 _log = get_logger("appliance.superlink.fleet")
+#: Run contexts kept in memory (a run's context never changes; the memo is cleared when full).
+_RUN_CONTEXTS = 1024
 
 #: Called with a node id when its subscription ends (the SuperLink starts its grace timer).
 DisconnectHook = Callable[[int], None]
@@ -73,10 +75,11 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self._still_admitted = still_admitted
         self._audit = audit
         self._unsafe_unsigned_replies = unsafe_unsigned_replies
+        self._run_contexts: dict[int, pb.RunContext] = {}
 
-    def _caller(self, context: grpc.ServicerContext) -> tuple[Identity, Node]:
+    def _caller(self, context: grpc.ServicerContext) -> tuple[Identity, Enrolment]:
         identity = identity_from_context(context)
-        node = self._state.find_node_by_fingerprint(identity.certificate_fingerprint)
+        node = self._state.enrolment(identity.certificate_fingerprint)
         if node is None:
             context.abort(
                 grpc.StatusCode.PERMISSION_DENIED, f"node {identity.name!r} is not enrolled"
@@ -136,16 +139,10 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
     ) -> Iterator[pb.MessageChunk]:
         _, node = self._caller(context)
         stored = self._state.mark_delivered(request.message_id, node.node_id)
-        run = self._state.get_run(stored.run_id)
         head = pb.MessageHead(
             metadata=encode_metadata(stored.metadata()),
             content_size=stored.content.size if stored.content else 0,
-            run=pb.RunContext(
-                run_id=run.run_id,
-                bundle_sha256=run.bundle_sha256,
-                run_config_json=run.run_config_json,
-                bundle_signature=str(run.options.get(BUNDLE_SIGNATURE, "")).encode("utf-8"),
-            ),
+            run=self._run_context(stored.run_id),
         )
         tree_head = self._audit.latest()
         if tree_head is not None:
@@ -158,6 +155,22 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         if stored.content is not None:
             for chunk in self._state.blobs.open_chunks(stored.content.sha256):
                 yield pb.MessageChunk(data=chunk)
+
+    def _run_context(self, run_id: int) -> pb.RunContext:
+        """What a node needs to know of a run: fixed at submission, so read once."""
+        context = self._run_contexts.get(run_id)
+        if context is None:
+            run = self._state.get_run(run_id)
+            context = pb.RunContext(
+                run_id=run.run_id,
+                bundle_sha256=run.bundle_sha256,
+                run_config_json=run.run_config_json,
+                bundle_signature=str(run.options.get(BUNDLE_SIGNATURE, "")).encode("utf-8"),
+            )
+            if len(self._run_contexts) >= _RUN_CONTEXTS:
+                self._run_contexts.clear()
+            self._run_contexts[run_id] = context
+        return context
 
     def PushReply(
         self, request_iterator: Iterator[pb.ReplyChunk], context: grpc.ServicerContext

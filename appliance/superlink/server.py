@@ -212,7 +212,7 @@ class SuperLink:
     def _is_enrolled(self, identity: Identity) -> bool:
         if identity.role is not Role.NODE:
             return True
-        if self.state.find_node_by_fingerprint(identity.certificate_fingerprint) is not None:
+        if self.state.enrolment(identity.certificate_fingerprint) is not None:
             return True
         if self.config.unsafe_insecure:  # development: a claimed node enrols itself
             fake_key = hashlib.sha256(f"unsafe:{identity.name}".encode()).hexdigest()

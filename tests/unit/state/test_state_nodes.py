@@ -4,7 +4,14 @@ import dataclasses
 
 import pytest
 
-from appliance.state import InvalidArgument, Node, NodeAlreadyEnrolled, NodeNotFound, StateError
+from appliance.state import (
+    Enrolment,
+    InvalidArgument,
+    Node,
+    NodeAlreadyEnrolled,
+    NodeNotFound,
+    StateError,
+)
 
 
 def test_enrol_returns_a_frozen_offline_node(state, clock, fp):
@@ -130,3 +137,36 @@ def test_presence_of_unknown_node(state):
 def test_errors_share_the_state_root(state):
     with pytest.raises(StateError, match="not found"):
         state.get_node(1)
+
+
+def test_enrolment_follows_enrol_and_remove(state, make_node, fp):
+    assert state.enrolment(fp("cert:hospital-a")) is None  # read (and remembered) empty
+    node = make_node("hospital-a")
+    enrolment = state.enrolment(node.cert_fingerprint)
+    assert enrolment == Enrolment(
+        node_id=node.node_id,
+        name="hospital-a",
+        cert_fingerprint=node.cert_fingerprint,
+        signing_key_fingerprint=node.signing_key_fingerprint,
+    )
+    state.remove_node("hospital-a")
+    assert state.enrolment(node.cert_fingerprint) is None
+    again = make_node("hospital-a")
+    assert state.enrolment(again.cert_fingerprint).node_id == again.node_id
+
+
+def test_enrolment_ignores_presence_changes(state, make_node):
+    node = make_node("hospital-a")
+    before = state.enrolment(node.cert_fingerprint)
+    state.set_node_online(node.node_id, True)
+    state.touch_node(node.node_id)
+    assert state.enrolment(node.cert_fingerprint) == before
+
+
+def test_a_restarted_state_reads_enrolments_from_the_database(backend, make_node):
+    node = make_node("hospital-a")
+    reopened = backend.open()
+    try:
+        assert reopened.enrolment(node.cert_fingerprint).name == "hospital-a"
+    finally:
+        reopened.close()
