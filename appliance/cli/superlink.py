@@ -9,7 +9,6 @@ from types import FrameType
 
 import click
 
-from appliance.allocator import keep_freed_buffers
 from appliance.cli.health import health_address_option, health_service, metrics_address_option
 from appliance.cli.reload import reload_on_sighup
 from appliance.logs import configure_logging
@@ -107,7 +106,6 @@ def superlink(
     flight ("superlink shut down"), signs the audit log's last tree head and exits.
     """
     configure_logging("json", level=logging.INFO)
-    keep_freed_buffers()
     if not insecure and None in (ca, cert, key):
         raise click.UsageError(
             "--ca, --cert and --key are required (or --insecure for development)"
