@@ -13,7 +13,8 @@ Guarantees:
   returns. A transient one (``durable=False``: message bodies, which a restart
   does not need because it fails every run in flight) is left to the page cache;
   if the machine then crashes, the blob may be lost or torn, and reading it back
-  raises :class:`BlobError` (every read is re-hashed), never wrong bytes.
+  raises :class:`BlobError` (after a restart, every blob's first read is hashed),
+  never wrong bytes.
 * A durable write of bytes already stored replaces the file with its fsynced copy
   (a blob torn by a crash heals); a transient one keeps the stored file, which may
   be durable.
