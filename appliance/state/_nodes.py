@@ -207,14 +207,6 @@ class NodeStore(Store):
                 raise NodeNotFound(node_id)
             return node_from_row(row)
 
-    def find_node_by_fingerprint(self, cert_fingerprint: str) -> Node | None:
-        """Return the node enrolled with this certificate fingerprint, if any."""
-        with self._read() as session:
-            row = session.scalars(
-                select(NodeRow).where(NodeRow.cert_fingerprint == cert_fingerprint)
-            ).first()
-            return None if row is None else node_from_row(row)
-
     def find_node_by_name(self, name: str) -> Node | None:
         """Return the node with this name, if any."""
         with self._read() as session:

@@ -170,7 +170,6 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         blob = self._state.blobs.put_stream(
             (chunk.data for chunk in request_iterator),
             max_bytes=self._max_message_bytes,
-            durable=False,  # a message body: a restart fails its run anyway
         )
         self._state.put_artifact(run_id, name, blob)
         if name == METRICS and blob.size <= _MAX_METRICS_BYTES:

@@ -88,8 +88,8 @@ def test_removed_name_can_be_enrolled_again(state, make_node):
 def test_lookups(state, make_node, fp):
     a = make_node("hospital-a")
     b = make_node("bank-b")
-    assert state.find_node_by_fingerprint(fp("cert:bank-b")) == b
-    assert state.find_node_by_fingerprint(fp("unknown")) is None
+    assert state.enrolment(fp("cert:bank-b")).node_id == b.node_id
+    assert state.enrolment(fp("unknown")) is None
     assert state.find_node_by_name("hospital-a") == a
     assert state.find_node_by_name("nobody") is None
     assert state.list_nodes() == [b, a]  # sorted by name
