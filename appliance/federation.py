@@ -215,8 +215,8 @@ class ControlClient:
     def stop(self, run_id: int) -> str:
         return str(self._stub.StopRun(pb.StopRunRequest(run_id=run_id)).status)
 
-    def add_node(self, certificate_pem: bytes) -> pb.NodeInfo:
-        return self._stub.AddNode(pb.AddNodeRequest(certificate_pem=certificate_pem))
+    def add_node(self, certificate_pem: bytes, *, renew: bool = False) -> pb.NodeInfo:
+        return self._stub.AddNode(pb.AddNodeRequest(certificate_pem=certificate_pem, renew=renew))
 
     def remove_node(self, name: str) -> None:
         self._stub.RemoveNode(pb.RemoveNodeRequest(name=name))

@@ -91,6 +91,8 @@ class Action(StrEnum):
     NODE_ENROLLED = "node.enrolled"
     NODE_REMOVED = "node.removed"
     NODE_CONNECTED = "node.connected"
+    NODE_RENEWED = "node.renewed"
+    NODE_RENEWAL_COMPLETED = "node.renewal_completed"
     AUTH_REFUSED = "auth.refused"
     CERT_ISSUED = "cert.issued"
     CERT_REVOKED = "cert.revoked"

@@ -34,10 +34,12 @@ from __future__ import annotations
 
 from certs.ca import REVOCATION_REASONS, CertificateAuthority
 from certs.credentials import (
+    NodeCredentials,
     ReloadingServerCredentials,
     ServerTLSFiles,
     client_credentials,
     issue_server_files,
+    node_credentials,
     write_server_files,
 )
 from certs.errors import (
@@ -140,6 +142,7 @@ __all__ = [
     "LedgerEntry",
     "MalformedEnvelope",
     "MethodPolicy",
+    "NodeCredentials",
     "NonceCache",
     "PassphraseError",
     "PeerVerifier",
@@ -181,6 +184,7 @@ __all__ = [
     "load_private_key",
     "load_signing_key",
     "load_tls_key",
+    "node_credentials",
     "parse_role",
     "parse_serial",
     "serial_hex",

@@ -33,20 +33,24 @@ import structlog
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from certs.ca import CertificateAuthority
 from certs.errors import CertError, CertificateFileError, KeyFileError
 from certs.files import certificate_pem, ensure_private_directory, load_certificate, write_atomic
-from certs.keys import load_tls_key, private_key_pem, write_private_key
+from certs.identity import Identity
+from certs.keys import load_signing_key, load_tls_key, private_key_pem, write_private_key
 from certs.roles import Role
 from certs.verify import Purpose, expiry_warning, verify_certificate
 
 __all__ = [
+    "NodeCredentials",
     "ReloadingServerCredentials",
     "ServerTLSFiles",
     "ServerTLSReload",
     "client_credentials",
     "issue_server_files",
+    "node_credentials",
     "write_server_files",
 ]
 
@@ -324,3 +328,49 @@ def client_credentials(
         private_key=key_pem,
         certificate_chain=certificate_pem(cert),
     )
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """A node's checked identity: TLS channel credentials, its signing key, who it is."""
+
+    channel_credentials: grpc.ChannelCredentials
+    signing_key: Ed25519PrivateKey
+    identity: Identity
+
+
+def node_credentials(
+    *,
+    ca_certificate: Path,
+    certificate: Path,
+    key: Path,
+    signing_key: Path,
+    now: datetime | None = None,
+) -> NodeCredentials:
+    """A node's credentials, after checking that its three files make one identity.
+
+    The certificate must be a valid node certificate of the CA, the TLS key its
+    key, and the signing key the one the CA bound into it: a mismatch would only
+    show later as refused requests.
+
+    Raises:
+        CertificateInvalid: the certificate would be refused, or is not a node's.
+        KeyFileError: a key does not match the certificate (or is unusable).
+        CertificateFileError, KeyPermissionError, PassphraseError: a file is unusable.
+    """
+    ca_cert = load_certificate(ca_certificate)
+    cert, key_pem = _load_pair(certificate, key)
+    identity = verify_certificate(
+        cert, ca_cert=ca_cert, now=now or _utcnow(), roles={Role.NODE}, purpose=Purpose.CLIENT
+    )
+    signer = load_signing_key(signing_key)
+    if signer.public_key().public_bytes_raw() != identity.signing_key:
+        raise KeyFileError(
+            f"signing key {signing_key} is not the one certificate {certificate} binds"
+        )
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=certificate_pem(ca_cert),
+        private_key=key_pem,
+        certificate_chain=certificate_pem(cert),
+    )
+    return NodeCredentials(credentials, signer, identity)

@@ -37,6 +37,26 @@ def add(cert: Path, federation: str | None, app_dir: Path) -> None:
     )
 
 
+@node.command(name="renew")
+@click.argument("cert", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@_FEDERATION
+@_APP
+def renew(cert: Path, federation: str | None, app_dir: Path) -> None:
+    """Stage CERT as the renewed certificate of the enrolled site it names.
+
+    The site keeps its node id. Both certificates are accepted until the SuperNode
+    first connects with the new one (after a SIGHUP or a restart); from then on only
+    the new one is.
+    """
+    with ControlClient(load_federation(federation, app_dir)) as client:
+        info = client.add_node(cert.read_bytes(), renew=True)
+    click.echo(
+        f"staged the renewal of {info.name} (node {info.node_id}): certificate "
+        f"sha256:{info.renewal_cert_fingerprint} is accepted beside "
+        f"sha256:{info.cert_fingerprint} until the node connects with it"
+    )
+
+
 @node.command(name="remove")
 @click.argument("name")
 @_FEDERATION
@@ -63,4 +83,5 @@ def ls(federation: str | None, app_dir: Path) -> None:
             else "never"
         )
         status = "online" if info.online else "offline"
-        click.echo(f"{info.name:<20} {info.node_id:>20}  {status:<7}  {seen}")
+        renewal = "  (renewal staged)" if info.renewal_cert_fingerprint else ""
+        click.echo(f"{info.name:<20} {info.node_id:>20}  {status:<7}  {seen}{renewal}")

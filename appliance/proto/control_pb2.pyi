@@ -185,13 +185,15 @@ class StopRunResponse(_message.Message):
     def __init__(self, status: _Optional[str] = ...) -> None: ...
 
 class AddNodeRequest(_message.Message):
-    __slots__ = ("certificate_pem",)
+    __slots__ = ("certificate_pem", "renew")
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
     certificate_pem: bytes
-    def __init__(self, certificate_pem: _Optional[bytes] = ...) -> None: ...
+    renew: bool
+    def __init__(self, certificate_pem: _Optional[bytes] = ..., renew: _Optional[bool] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "name", "cert_fingerprint", "signing_key_fingerprint", "online", "last_seen_at", "enrolled_at")
+    __slots__ = ("node_id", "name", "cert_fingerprint", "signing_key_fingerprint", "online", "last_seen_at", "enrolled_at", "renewal_cert_fingerprint")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     CERT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
@@ -199,6 +201,7 @@ class NodeInfo(_message.Message):
     ONLINE_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_AT_FIELD_NUMBER: _ClassVar[int]
     ENROLLED_AT_FIELD_NUMBER: _ClassVar[int]
+    RENEWAL_CERT_FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     node_id: int
     name: str
     cert_fingerprint: str
@@ -206,7 +209,8 @@ class NodeInfo(_message.Message):
     online: bool
     last_seen_at: float
     enrolled_at: float
-    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., cert_fingerprint: _Optional[str] = ..., signing_key_fingerprint: _Optional[str] = ..., online: _Optional[bool] = ..., last_seen_at: _Optional[float] = ..., enrolled_at: _Optional[float] = ...) -> None: ...
+    renewal_cert_fingerprint: str
+    def __init__(self, node_id: _Optional[int] = ..., name: _Optional[str] = ..., cert_fingerprint: _Optional[str] = ..., signing_key_fingerprint: _Optional[str] = ..., online: _Optional[bool] = ..., last_seen_at: _Optional[float] = ..., enrolled_at: _Optional[float] = ..., renewal_cert_fingerprint: _Optional[str] = ...) -> None: ...
 
 class RemoveNodeRequest(_message.Message):
     __slots__ = ("name",)

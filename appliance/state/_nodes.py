@@ -17,14 +17,14 @@ from sqlalchemy.orm import Session
 from appliance.state._store import RetryTransaction, Store, check_id, check_text, new_id
 from appliance.state.audit_sink import AuditActor
 from appliance.state.errors import NodeAlreadyEnrolled, NodeNotFound
-from appliance.state.models import NodeRow
+from appliance.state.models import NodeRenewalRow, NodeRow
 from appliance.state.values import Enrolment, Node, check_sha256
 
 _ENROL_ATTEMPTS = 5
 
 
-def node_from_row(row: NodeRow) -> Node:
-    """A frozen :class:`Node` from its row."""
+def node_from_row(row: NodeRow, renewal: NodeRenewalRow | None = None) -> Node:
+    """A frozen :class:`Node` from its row (and its staged renewal, if any)."""
     return Node(
         node_id=row.node_id,
         name=row.name,
@@ -34,7 +34,12 @@ def node_from_row(row: NodeRow) -> Node:
         enrolled_by=row.enrolled_by,
         last_seen_at=row.last_seen_at,
         online=bool(row.online),
+        renewal_cert_fingerprint=None if renewal is None else renewal.cert_fingerprint,
     )
+
+
+def _node(session: Session, row: NodeRow) -> Node:
+    return node_from_row(row, session.get(NodeRenewalRow, row.node_id))
 
 
 class NodeStore(Store):
@@ -68,6 +73,16 @@ class NodeStore(Store):
                     )
                     for row in session.scalars(select(NodeRow))
                 }
+                for renewal in session.scalars(select(NodeRenewalRow)):
+                    enrolled = session.get(NodeRow, renewal.node_id)
+                    if enrolled is not None:
+                        known[renewal.cert_fingerprint] = Enrolment(
+                            node_id=renewal.node_id,
+                            name=enrolled.name,
+                            cert_fingerprint=renewal.cert_fingerprint,
+                            signing_key_fingerprint=renewal.signing_key_fingerprint,
+                            renewal=True,
+                        )
             with self._enrolments_lock:
                 if generation == self._enrolments_generation:  # no change meanwhile
                     self._enrolments = known
@@ -151,12 +166,13 @@ class NodeStore(Store):
             self._enrolments_changed()
 
     @staticmethod
-    def _refuse_duplicate(session: Session, name: str, cert_fingerprint: str) -> None:
-        clash = session.scalars(
-            select(NodeRow).where(
-                (NodeRow.name == name) | (NodeRow.cert_fingerprint == cert_fingerprint)
-            )
-        ).first()
+    def _refuse_duplicate(session: Session, name: str | None, cert_fingerprint: str) -> None:
+        """Refuse a certificate enrolled or staged already, and (``name``) a taken name."""
+        NodeStore._refuse_staged(session, cert_fingerprint)
+        clashes = NodeRow.cert_fingerprint == cert_fingerprint
+        if name is not None:
+            clashes = clashes | (NodeRow.name == name)
+        clash = session.scalars(select(NodeRow).where(clashes)).first()
         if clash is None:
             return
         if clash.name == name:
@@ -164,6 +180,125 @@ class NodeStore(Store):
         raise NodeAlreadyEnrolled(
             f"certificate {cert_fingerprint} is already enrolled as node {clash.name!r}"
         )
+
+    @staticmethod
+    def _refuse_staged(session: Session, cert_fingerprint: str) -> None:
+        staged = session.scalars(
+            select(NodeRenewalRow).where(NodeRenewalRow.cert_fingerprint == cert_fingerprint)
+        ).first()
+        if staged is not None:
+            owner = session.get(NodeRow, staged.node_id)
+            name = owner.name if owner is not None else staged.node_id
+            raise NodeAlreadyEnrolled(
+                f"certificate {cert_fingerprint} is already staged as the renewal of {name!r}"
+            )
+
+    def renew_node(
+        self,
+        name: str,
+        cert_fingerprint: str,
+        signing_key_fingerprint: str,
+        renewed_by: str,
+        *,
+        actor: AuditActor | None = None,
+        now: float | None = None,
+    ) -> Node:
+        """Stage a renewed certificate for an enrolled node, which keeps its id (audited).
+
+        Until the node first says Hello with the new certificate both are accepted, so a
+        site can switch (SIGHUP) whenever it is ready; then :meth:`complete_renewal`
+        makes the new one the only one. A second renewal replaces a staged one.
+
+        Raises:
+            InvalidArgument: a malformed name or fingerprint.
+            NodeNotFound: no node has this name.
+            NodeAlreadyEnrolled: the certificate is enrolled or staged already.
+        """
+        check_text(name, "node name", 128)
+        check_sha256(cert_fingerprint, "cert_fingerprint")
+        check_sha256(signing_key_fingerprint, "signing_key_fingerprint")
+        check_text(renewed_by, "renewed_by", 256)
+        at = self._now(now)
+        try:
+            with self._write() as session:
+                row = session.scalars(select(NodeRow).where(NodeRow.name == name)).first()
+                if row is None:
+                    raise NodeNotFound(repr(name))
+                previous = session.get(NodeRenewalRow, row.node_id)
+                if previous is not None:
+                    session.delete(previous)
+                    session.flush()
+                self._refuse_duplicate(session, None, cert_fingerprint)
+                renewal = NodeRenewalRow(
+                    node_id=row.node_id,
+                    cert_fingerprint=cert_fingerprint,
+                    signing_key_fingerprint=signing_key_fingerprint,
+                    renewed_at=at,
+                    renewed_by=renewed_by,
+                )
+                session.add(renewal)
+                try:
+                    session.flush()
+                except IntegrityError:  # a concurrent renewal staged the same certificate
+                    raise NodeAlreadyEnrolled(
+                        f"certificate {cert_fingerprint} is already staged"
+                    ) from None
+                self._audit(
+                    session,
+                    "node.renewed",
+                    actor=actor,
+                    subjects={"node": str(row.node_id)},
+                    details={
+                        "name": name,
+                        "cert_fingerprint": cert_fingerprint,
+                        "signing_key_fingerprint": signing_key_fingerprint,
+                        "previous_cert_fingerprint": row.cert_fingerprint,
+                    },
+                )
+                return node_from_row(row, renewal)
+        finally:
+            self._enrolments_changed()
+
+    def complete_renewal(
+        self, node_id: int, cert_fingerprint: str, *, actor: AuditActor | None = None
+    ) -> Node:
+        """Make the staged certificate the node's only one (it just said Hello with it).
+
+        The previous certificate is refused from now on (audited as
+        ``node.renewal_completed``). Completing a renewal twice is harmless.
+
+        Raises:
+            NodeNotFound: no such node.
+        """
+        check_id(node_id, "node_id")
+        try:
+            with self._write() as session:
+                row = session.get(NodeRow, node_id)
+                if row is None:
+                    raise NodeNotFound(node_id)
+                renewal = session.get(NodeRenewalRow, node_id)
+                if renewal is None or renewal.cert_fingerprint != cert_fingerprint:
+                    return _node(session, row)
+                previous = row.cert_fingerprint
+                session.delete(renewal)
+                session.flush()
+                row.cert_fingerprint = renewal.cert_fingerprint
+                row.signing_key_fingerprint = renewal.signing_key_fingerprint
+                session.flush()
+                self._audit(
+                    session,
+                    "node.renewal_completed",
+                    actor=actor,
+                    subjects={"node": str(node_id)},
+                    details={
+                        "name": row.name,
+                        "cert_fingerprint": row.cert_fingerprint,
+                        "previous_cert_fingerprint": previous,
+                    },
+                )
+                return node_from_row(row)
+        finally:
+            self._enrolments_changed()
 
     def remove_node(self, name: str, *, actor: AuditActor | None = None) -> Node:
         """Remove a node by name; its messages stay for the record (audited).
@@ -179,7 +314,11 @@ class NodeStore(Store):
                 row = session.scalars(select(NodeRow).where(NodeRow.name == name)).first()
                 if row is None:
                     raise NodeNotFound(repr(name))
-                node = node_from_row(row)
+                node = _node(session, row)
+                renewal = session.get(NodeRenewalRow, row.node_id)
+                if renewal is not None:
+                    session.delete(renewal)
+                    session.flush()
                 session.delete(row)
                 session.flush()
                 self._audit(
@@ -205,19 +344,20 @@ class NodeStore(Store):
             row = session.get(NodeRow, node_id)
             if row is None:
                 raise NodeNotFound(node_id)
-            return node_from_row(row)
+            return _node(session, row)
 
     def find_node_by_name(self, name: str) -> Node | None:
         """Return the node with this name, if any."""
         with self._read() as session:
             row = session.scalars(select(NodeRow).where(NodeRow.name == name)).first()
-            return None if row is None else node_from_row(row)
+            return None if row is None else _node(session, row)
 
     def list_nodes(self) -> list[Node]:
         """All enrolled nodes, sorted by name."""
         with self._read() as session:
+            renewals = {r.node_id: r for r in session.scalars(select(NodeRenewalRow))}
             rows = session.scalars(select(NodeRow).order_by(NodeRow.name))
-            return [node_from_row(row) for row in rows]
+            return [node_from_row(row, renewals.get(row.node_id)) for row in rows]
 
     def set_node_online(
         self,
@@ -269,7 +409,7 @@ class NodeStore(Store):
                     subjects={"node": str(node_id)},
                     details={"name": row.name},
                 )
-            return node_from_row(row)
+            return _node(session, row)
 
     def online_node_ids(self) -> list[int]:
         """Ids of the nodes currently online, sorted."""

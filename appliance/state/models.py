@@ -39,6 +39,7 @@ __all__ = [
     "BundleRow",
     "EventRow",
     "MessageRow",
+    "NodeRenewalRow",
     "NodeRow",
     "ReceiptRow",
     "RunLogRow",
@@ -83,6 +84,21 @@ class NodeRow(Base):
     enrolled_by: Mapped[str] = mapped_column(String(256))
     last_seen_at: Mapped[float | None] = mapped_column(Double, nullable=True)
     online: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+
+
+class NodeRenewalRow(Base):
+    """A node's next certificate, staged by ``node renew``: accepted beside the enrolled
+    one until the node first says Hello with it, which makes it the enrolled one."""
+
+    __tablename__ = "node_renewals"
+
+    node_id: Mapped[int] = mapped_column(
+        BigInteger, ForeignKey("nodes.node_id", ondelete="CASCADE"), primary_key=True
+    )
+    cert_fingerprint: Mapped[str] = mapped_column(_SHA256, unique=True)
+    signing_key_fingerprint: Mapped[str] = mapped_column(_SHA256)
+    renewed_at: Mapped[float] = mapped_column(Double)
+    renewed_by: Mapped[str] = mapped_column(String(256))
 
 
 class BundleRow(Base):

@@ -122,6 +122,8 @@ class Enrolment:
     name: str
     cert_fingerprint: str
     signing_key_fingerprint: str
+    #: A renewed certificate staged by ``node renew``, not yet used by the node.
+    renewal: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -137,6 +139,8 @@ class Node:
         enrolled_by: identity name of the federation admin who enrolled it.
         last_seen_at: unix seconds of the last RPC, or ``None`` if never seen.
         online: whether the node currently holds a session.
+        renewal_cert_fingerprint: the renewed certificate staged by ``node renew``
+            (accepted too until the node first uses it), or ``None``.
     """
 
     node_id: int
@@ -147,6 +151,7 @@ class Node:
     enrolled_by: str
     last_seen_at: float | None
     online: bool
+    renewal_cert_fingerprint: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -84,6 +84,7 @@ def _node_info(node: Node) -> pb.NodeInfo:
         online=node.online,
         last_seen_at=node.last_seen_at or 0.0,
         enrolled_at=node.enrolled_at,
+        renewal_cert_fingerprint=node.renewal_cert_fingerprint or "",
     )
 
 
@@ -246,14 +247,18 @@ class ControlServicer(control_pb2_grpc.ControlServicer):
     def AddNode(self, request: pb.AddNodeRequest, context: grpc.ServicerContext) -> pb.NodeInfo:
         admin = identity_from_context(context)
         node_identity = self._check_node_certificate(request.certificate_pem)
-        node = self._state.enrol_node(
+        enrol = self._state.renew_node if request.renew else self._state.enrol_node
+        node = enrol(
             node_identity.name,
             node_identity.certificate_fingerprint,
             node_identity.signing_key_fingerprint or "",
-            enrolled_by=admin.name,
+            admin.name,
             actor=actor_of(admin),
         )
-        _log.info("node enrolled", node=node.name, by=admin.name)
+        if request.renew:
+            _log.info("node renewal staged", node=node.name, by=admin.name)
+        else:
+            _log.info("node enrolled", node=node.name, by=admin.name)
         return _node_info(node)
 
     def RemoveNode(

@@ -87,7 +87,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         return identity, node  # type: ignore[return-value]
 
     def Hello(self, request: pb.HelloRequest, context: grpc.ServicerContext) -> pb.HelloResponse:
-        _, node = self._caller(context)
+        identity, node = self._caller(context)
+        if node.renewal:  # the node switched to its renewed certificate: retire the old one
+            self._state.complete_renewal(
+                node.node_id, node.cert_fingerprint, actor=actor_of(identity)
+            )
+            _log.warning("node renewal completed", node=node.name, node_id=node.node_id)
         self._state.touch_node(node.node_id)
         return pb.HelloResponse(
             node_id=node.node_id,

@@ -19,12 +19,10 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from tenacity import Retrying, retry_if_exception_type, stop_when_event_set, wait_random_exponential
 
 from appliance.bundle import DEFAULT_MAX_BUNDLE_BYTES, extract_bundle
@@ -43,6 +41,7 @@ from appliance.supernode.budget_view import BudgetView
 from appliance.supernode.clientapp_runner import ClientAppProcess
 from appliance.supernode.drain import DrainingExecutor, kill_clientapps
 from appliance.supernode.limits import LimitError, check_network_isolation, grant_cpu_seconds
+from appliance.supernode.link import Link, insecure_link, secure_link
 from appliance.supernode.policy import (
     EgressRefused,
     Network,
@@ -63,11 +62,8 @@ from appliance.supernode.site_files import SiteFiles
 from appliance.transport import REPLY_SIGNATURE_METHOD, Assembler, iter_chunks, reply_digest
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
 from audit import VerifierKey
-from certs import SigningInterceptor, client_credentials, load_certificate, load_signing_key
-from certs.roles import Role
-from certs.signing import EnvelopeKind, EnvelopeSigner
-from certs.unsafe_dev import UnsafeIdentityHeader
-from certs.verify import expiry_warning
+from certs import CertError
+from certs.signing import EnvelopeKind
 from secagg import CredentialsSource, make_secagg_mod
 
 __all__ = ["SuperNode", "SuperNodeConfig"]
@@ -76,6 +72,8 @@ _log = get_logger("appliance.supernode")
 VERSION = "1"
 #: How often the node looks for the site administrator's decisions while runs wait.
 APPROVAL_POLL_S = 0.5
+#: How long calls already on a channel replaced on SIGHUP may go on before it closes.
+RETIRE_AFTER_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -155,29 +153,14 @@ class SuperNode:
                 if config.policy is not None and config.policy.execution.network is Network.NONE:
                     raise
                 self._isolation_error = exc
-        options = [
-            ("grpc.max_receive_message_length", 8 * 2**20),
-            ("grpc.keepalive_time_ms", 10_000),
-            ("grpc.keepalive_timeout_ms", 5_000),
-            ("grpc.keepalive_permit_without_calls", 1),
-        ]
-        self._signer: EnvelopeSigner | None
         if config.unsafe_insecure:
-            _log.warning("INSECURE MODE: plain TCP, claimed identity, unsigned replies")
-            channel = grpc.insecure_channel(config.superlink, options=options)
-            self._channel = grpc.intercept_channel(
-                channel, UnsafeIdentityHeader(Role.NODE, config.unsafe_name)
-            )
-            self._signer = None
+            self._link = insecure_link(config.superlink, config.unsafe_name)
         else:
-            channel, key = self._secure_channel(config, options)
-            self._channel = grpc.intercept_channel(channel, SigningInterceptor(key))
-            self._signer = EnvelopeSigner(key)
-        self._raw_channel = channel
+            self._link = self._secure_link(config)
+        self._retired: list[Link] = []  # links replaced on SIGHUP, closed a while later
         self._secagg = self._secagg_credentials(config)
         self._enforced = self._enforce(config.policy)
         self._reload = threading.Event()
-        self._stub = FleetStub(self._channel)
         self._stopping = threading.Event()
         self._runs: dict[int, _Run] = {}
         self._runs_lock = threading.Lock()
@@ -239,24 +222,18 @@ class SuperNode:
         return self._secagg is not None
 
     @staticmethod
-    def _secure_channel(
-        config: SuperNodeConfig, options: list[tuple[str, int]]
-    ) -> tuple[grpc.Channel, Ed25519PrivateKey]:
-        if (
-            config.ca_certificate is None
-            or config.certificate is None
-            or config.key is None
-            or config.signing_key is None
-        ):
-            raise ValueError("a SuperNode needs --ca, --cert, --key and --signing-key")
-        warning = expiry_warning(load_certificate(config.certificate), datetime.now(UTC))
-        if warning:
-            _log.warning("node certificate expiring", detail=warning)
-        credentials = client_credentials(
-            ca_certificate=config.ca_certificate, certificate=config.certificate, key=config.key
+    def _secure_link(config: SuperNodeConfig) -> Link:
+        return secure_link(
+            config.superlink,
+            ca_certificate=config.ca_certificate,
+            certificate=config.certificate,
+            key=config.key,
+            signing_key=config.signing_key,
         )
-        channel = grpc.secure_channel(config.superlink, credentials, options=options)
-        return channel, load_signing_key(config.signing_key)
+
+    @property
+    def _stub(self) -> FleetStub:
+        return self._link.stub
 
     # -- main loop -----------------------------------------------------------------------
 
@@ -348,7 +325,8 @@ class SuperNode:
                 self._site_audit.close()
             except Exception:
                 _log.exception("final site audit tree head not signed")
-        self._raw_channel.close()
+        for link in (*self._retired, self._link):
+            link.channel.close()
         self._admission.close()
         self.metrics.close()
 
@@ -465,7 +443,8 @@ class SuperNode:
         self, manifest: RunManifest, decision: Decision, reason: str, decided_by: str
     ) -> None:
         """Sign and send the site's receipt (a failure is logged: the site log holds it)."""
-        if self._signer is None:  # insecure development mode: nothing to sign with
+        link = self._link
+        if link.signer is None:  # insecure development mode: nothing to sign with
             return
         receipt = Receipt(
             run_id=manifest.run_id,
@@ -476,9 +455,9 @@ class SuperNode:
             reason=reason,
             decided_by=decided_by,
         )
-        signed = receipt.sign(self._signer)
+        signed = receipt.sign(link.signer)
         try:
-            self._stub.SendReceipt(
+            link.stub.SendReceipt(
                 pb.ReceiptRequest(receipt=signed.body, signature=signed.signature), timeout=30
             )
         except grpc.RpcError as exc:
@@ -498,6 +477,7 @@ class SuperNode:
         path = self.config.policy_path
         if path is None:
             _log.warning("SIGHUP: no --policy file to reload")
+            self._enforced = self._enforce(None)  # the host mods, around fresh credentials
             return
         old = self._policy.policy_hash if self._policy else ""
         try:
@@ -519,6 +499,73 @@ class SuperNode:
         _log.warning("site policy reloaded", previous=old, policy_hash=policy.policy_hash)
         self._record_reload(old, policy.policy_hash)
 
+    def _switch_identity(self) -> None:
+        """Move to the certificate and keys on disk if they changed and the SuperLink
+        accepts them; otherwise keep the ones in use (logged). Never raises.
+
+        The new files are checked (one node identity, valid, the same node name), a
+        second channel says Hello with them (which is what retires a certificate the
+        admin staged with ``greenhouse node renew``), and only then is it swapped in:
+        the Subscribe stream on the old channel is cancelled and the node reconnects
+        on the new one. Calls still on the old channel have a minute to finish.
+        """
+        if self.config.unsafe_insecure or not self._site_files.identity_changed():
+            return
+        digests = self._site_files.digests()
+        old = self._link
+        try:
+            link = self._secure_link(self.config)
+        except (CertError, ValueError) as exc:
+            _log.error(
+                "SIGHUP: the node's new certificate or keys NOT used; the previous ones stay",
+                error=str(exc),
+            )
+            return
+        if link.fingerprint == old.fingerprint:  # rewritten, same certificate: same keys
+            link.channel.close()
+            self._site_files.adopt_identity(digests)
+            _log.info("SIGHUP: the node's certificate is unchanged", serial=old.serial)
+            return
+        if link.name != old.name:
+            link.channel.close()
+            _log.error(
+                "SIGHUP: the new certificate names another node; the previous one stays",
+                name=link.name,
+                node=old.name,
+            )
+            return
+        try:
+            hello = link.stub.Hello(pb.HelloRequest(version=VERSION), timeout=30)
+        except grpc.RpcError as exc:
+            link.channel.close()
+            _log.error(
+                "SIGHUP: the SuperLink refused the new certificate; the previous one stays "
+                "(the federation admin stages it with: greenhouse node renew)",
+                error=_describe(exc),
+            )
+            return
+        self._link = link
+        self._site_files.adopt_identity(digests)
+        self._secagg = self._secagg_credentials(self.config)
+        self._retired.append(old)
+        retire = threading.Timer(RETIRE_AFTER_S, old.channel.close)
+        retire.daemon = True
+        retire.start()
+        _log.warning(
+            "SIGHUP: node certificate switched",
+            previous_serial=old.serial,
+            serial=link.serial,
+            node_id=hello.node_id,
+        )
+        if self._site_audit is not None:
+            try:
+                self._site_audit.identity_switched(old.fingerprint, link.fingerprint)
+            except Exception:
+                _log.exception("certificate switch not written to the site audit log")
+        subscription = self._subscription
+        if subscription is not None:
+            subscription.cancel()  # run() reconnects, on the new link
+
     def _record_reload(self, old: str, new: str, *, error: str = "") -> None:
         if self._site_audit is None:  # before the first Hello: the start-up log says it
             return
@@ -533,6 +580,7 @@ class SuperNode:
         while not self._stopping.wait(APPROVAL_POLL_S):
             if self._reload.is_set():
                 self._reload.clear()
+                self._switch_identity()
                 self._secagg = self._site_files.reload(self._secagg)
                 self._reload_policy()
             with self._runs_lock:
@@ -632,10 +680,11 @@ class SuperNode:
             error_reason=error.reason,
             content_sha256=frame_sha256 if frame else b"",
         )
+        link = self._link  # the key that signs and the channel it is checked on, as one
         signature = (
             b""
-            if self._signer is None
-            else self._signer.sign(
+            if link.signer is None
+            else link.signer.sign(
                 kind=EnvelopeKind.REPLY, method=REPLY_SIGNATURE_METHOD, body=digest
             ).to_bytes()
         )
@@ -653,7 +702,7 @@ class SuperNode:
             for piece in iter_chunks(frame):
                 yield pb.ReplyChunk(data=piece)
 
-        self._stub.PushReply(chunks())
+        link.stub.PushReply(chunks())
         self.metrics.handled(reply, len(frame))
 
     # -- runs ----------------------------------------------------------------------------

@@ -284,6 +284,15 @@ class SiteAudit:
             details["error"] = error
         self.log.append(audit.SYSTEM, audit.Action.POLICY_RELOADED, {}, details)
 
+    def identity_switched(self, previous: str, current: str) -> None:
+        """``node.renewal_completed``: the node now connects with a renewed certificate."""
+        self.log.append(
+            audit.SYSTEM,
+            audit.Action.NODE_RENEWAL_COMPLETED,
+            {},
+            {"previous_cert_fingerprint": previous, "cert_fingerprint": current},
+        )
+
     def refused(self, message: Message, *, node_id: int, reason: str) -> None:
         """``policy.refused``: a message (or its reply) refused by the site."""
         meta = message.metadata

@@ -1,15 +1,17 @@
-"""What a SuperNode re-reads on SIGHUP besides ``site.toml``: the federation CRL.
+"""What a SuperNode re-reads on SIGHUP besides ``site.toml``: its own certificate and
+keys, and the federation CRL.
+
+The node's certificate, TLS key and signing key are compared with the ones in use
+(by SHA-256); when they changed, the SuperNode tries the new identity (see
+``SuperNode._switch_identity``) and :meth:`SiteFiles.adopt_identity` records them
+once the SuperLink accepted it. Until then the files on disk are not the identity
+in use, and SecAgg+ keeps the one the node signs with.
 
 The CRL is what SecAgg+ judges neighbours' keys with. On SIGHUP it is read and
 verified against the CA at once (not only when its file's stamp changes) and the
 SecAgg+ credentials are rebuilt around it; an invalid file is logged and the
 previous list stays in force. The caller swaps the new credentials in with the
 policy reload that follows, which rebuilds the host mods.
-
-The node's own certificate, TLS key and signing key are *not* swapped in a running
-process: the SuperLink knows a node by its enrolled certificate, so a renewed one
-must be enrolled first (``greenhouse node add``) and the node restarted. A SIGHUP
-that finds them changed on disk says so in the log.
 """
 
 from __future__ import annotations
@@ -56,12 +58,24 @@ class SiteFiles:
 
     def __init__(self, config: _Config) -> None:
         self._config = config
-        self._identity = {name: _digest(path) for name, path in self._identity_files()}
+        self._identity = self.digests()
 
     def _identity_files(self) -> list[tuple[str, Path]]:
         cfg = self._config
         files = (("certificate", cfg.certificate), ("key", cfg.key))
         return [(n, p) for n, p in (*files, ("signing key", cfg.signing_key)) if p is not None]
+
+    def identity_changed(self) -> list[str]:
+        """Which of the node's certificate and keys differ on disk from the ones in use."""
+        return [n for n, p in self._identity_files() if _digest(p) != self._identity[n]]
+
+    def adopt_identity(self, digests: dict[str, str]) -> None:
+        """The files as hashed by :meth:`digests` are now the identity in use."""
+        self._identity = digests
+
+    def digests(self) -> dict[str, str]:
+        """The SHA-256 of each identity file as it is on disk now."""
+        return {name: _digest(path) for name, path in self._identity_files()}
 
     def reload(self, current: CredentialsSource | None) -> CredentialsSource | None:
         """SecAgg+ credentials around the CRL as it is now, or ``current`` if it cannot be used.
@@ -69,13 +83,7 @@ class SiteFiles:
         Never raises: what was not reloaded is logged.
         """
         cfg = self._config
-        changed = [n for n, p in self._identity_files() if _digest(p) != self._identity[n]]
-        if changed:
-            _log.warning(
-                "SIGHUP: the node's files changed on disk; they take effect at the next "
-                "start (enrol a new certificate first: greenhouse node add)",
-                changed=changed,
-            )
+        changed = self.identity_changed()
         if cfg.unsafe_insecure or current is None or cfg.crl is None:
             return current
         assert cfg.ca_certificate  # as at start (checked by the SuperNode)
@@ -84,8 +92,11 @@ class SiteFiles:
         try:
             ca_cert = load_certificate(cfg.ca_certificate)
             crl = verify_crl(load_crl(cfg.crl), ca_cert=ca_cert, now=datetime.now(UTC))
-            if changed:  # SecAgg+ keeps the identity the process started with
-                _log.warning("SIGHUP: CRL valid, but not swapped in before the restart")
+            if changed:  # SecAgg+ keeps the identity in use: not the files on disk
+                _log.warning(
+                    "SIGHUP: CRL valid, but not swapped in while the node's new "
+                    "certificate is not in use"
+                )
                 return current
             fresh = secagg_credentials(
                 ca_certificate=cfg.ca_certificate,

@@ -25,7 +25,13 @@ import audit
 from appliance.bundle import build_bundle
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto.fleet_pb2_grpc import FleetStub
-from certs import CertificateAuthority, certificate_pem, client_credentials
+from certs import (
+    CertificateAuthority,
+    SigningInterceptor,
+    certificate_pem,
+    client_credentials,
+    load_signing_key,
+)
 from certs.keys import private_key_pem
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
@@ -341,7 +347,88 @@ def test_sighup_makes_a_supernode_reload_its_crl(federation: Federation):
     crl.write_text("garbage")
     line = _sighup_and_wait(federation, "node-n1", "SIGHUP: CRL NOT reloaded")
     assert "not a PEM certificate revocation list" in str(line["error"])
-    cert.write_bytes(cert.read_bytes() + b"\n")  # as if a renewed certificate arrived
-    line = _sighup_and_wait(federation, "node-n1", "SIGHUP: the node's files changed")
-    assert line["changed"] == ["certificate"]
+    cert.write_bytes(cert.read_bytes() + b"\n")  # rewritten, but the same certificate
+    _sighup_and_wait(federation, "node-n1", "SIGHUP: the node's certificate is unchanged")
     assert "n1" in federation.online()  # the node kept serving through all of it
+
+
+def _renewed_identity(federation: Federation, directory: Path) -> tuple[Path, Path, Path]:
+    """A new certificate, TLS key and signing key for node n1 (the site's new request)."""
+    code, _, err = federation.cli(
+        "admin", "certs", "request", "--role", "node", "--name", "n1", "--out", str(directory)
+    )
+    assert code == 0, err
+    csr = directory / "n1.csr"
+    code, _, err = federation.cli(
+        "admin", "ca", "sign", str(csr), "--dir", str(federation.pki.ca_dir), "--role", "node"
+    )
+    assert code == 0, err
+    return directory / "n1.pem", directory / "n1.key", directory / "n1-signing.key"
+
+
+def _hello(federation: Federation, cert: Path, key: Path, signing_key: Path) -> pb.HelloResponse:
+    """A signed Hello with this node identity."""
+    credentials = client_credentials(ca_certificate=federation.pki.ca, certificate=cert, key=key)
+    with grpc.secure_channel(f"127.0.0.1:{federation.fleet_port}", credentials) as channel:
+        signed = grpc.intercept_channel(channel, SigningInterceptor(load_signing_key(signing_key)))
+        return FleetStub(signed).Hello(pb.HelloRequest(version="1"), timeout=10)
+
+
+def test_sighup_switches_a_supernode_to_its_renewed_certificate(federation: Federation):
+    pki = federation.root / "pki-n1"
+    pki.mkdir()
+    files = [pki / name for name in ("n1.pem", "n1.key", "n1-signing.key")]
+    for source, copy in zip(
+        (federation.pki.cert("n1"), federation.pki.key("n1"), federation.pki.signing_key("n1")),
+        files,
+        strict=True,
+    ):
+        shutil.copy2(source, copy)
+    cert, key, signing_key = files
+    federation.start_superlink()
+    federation.enrol("n1")
+    extra = ("--cert", str(cert), "--key", str(key), "--signing-key", str(signing_key))
+    federation.start_node("n1", 0, 1, extra=extra)
+    federation.wait_online("n1")
+    with federation.client("admin") as admin:
+        (before,) = admin.nodes()
+    new_cert, new_key, new_signing_key = _renewed_identity(federation, federation.root / "new")
+
+    # A signing key that is not the one the new certificate binds: not used.
+    shutil.copy2(new_cert, cert)
+    shutil.copy2(new_key, key)
+    line = _sighup_and_wait(federation, "node-n1", "SIGHUP: the node's new certificate or keys")
+    assert "is not the one certificate" in str(line["error"])
+    # The whole new identity, but the admin has not staged it: the SuperLink refuses it.
+    shutil.copy2(new_signing_key, signing_key)
+    line = _sighup_and_wait(federation, "node-n1", "SIGHUP: the SuperLink refused")
+    assert "PERMISSION_DENIED" in str(line["error"])
+    assert "n1" in federation.online()  # on the old certificate all along
+
+    code, out, err = federation.cli("admin", "node", "renew", str(new_cert), "--federation", "test")
+    assert code == 0, err
+    assert f"staged the renewal of n1 (node {before.node_id})" in out
+    code, out, _ = federation.cli("admin", "node", "ls", "--federation", "test")
+    assert "(renewal staged)" in out
+    line = _sighup_and_wait(federation, "node-n1", "SIGHUP: node certificate switched")
+    assert line["node_id"] == before.node_id
+    federation.wait_online("n1")
+    with federation.client("admin") as admin:
+        (after,) = admin.nodes()
+    assert (after.node_id, after.renewal_cert_fingerprint) == (before.node_id, "")
+    assert after.cert_fingerprint != before.cert_fingerprint
+    old_signing_key = federation.pki.signing_key("n1")
+    with pytest.raises(grpc.RpcError) as refused:  # the old certificate is retired
+        _hello(federation, federation.pki.cert("n1"), federation.pki.key("n1"), old_signing_key)
+    assert refused.value.code() is grpc.StatusCode.PERMISSION_DENIED
+    assert _hello(federation, new_cert, new_key, new_signing_key).node_id == before.node_id
+    assert _site_actions(federation, "n1", "node.renewal_completed") == 1
+
+    run_id = submitted_run(_run(federation, "num-server-rounds=1 min-nodes=1", "--detach"))
+    assert federation.wait_run("alice", run_id)[0] == "finished", federation.log("superlink")
+    code, out, err = federation.cli(
+        "audrey", "audit", "show", "--federation", "test", "--action", "node.renewed",
+        "--action", "node.renewal_completed",
+    )  # fmt: skip
+    assert code == 0, err
+    assert "node.renewed" in out and "node.renewal_completed" in out

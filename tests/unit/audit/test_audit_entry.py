@@ -83,7 +83,7 @@ def test_time_is_normalised_to_utc():
 
 
 def test_vocabulary_is_fixed():
-    assert len(Action) == 25
+    assert len(Action) == 27
     assert {Action.REPLY_RECEIVED.value, Action.CHECKPOINT_SEEN.value} == {
         "reply.received",
         "checkpoint.seen",

@@ -18,8 +18,10 @@ from certs import (
     KeyFileError,
     KeyPermissionError,
     ReloadingServerCredentials,
+    Role,
     certificate_pem,
     client_credentials,
+    node_credentials,
     sign_envelope,
     write_server_files,
 )
@@ -142,3 +144,49 @@ def test_server_credentials_reload_now_and_keep_serving_on_errors(fresh_ca, serv
         creds.reload()
     assert creds.certificate == cert
     assert creds._fetch() is None
+
+
+def _node_files(tmp_path: Path, issued, name: str) -> tuple[Path, Path, Path | None]:
+    cert = write_atomic(
+        tmp_path / f"{name}.pem", certificate_pem(issued.cert), mode=0o644, overwrite=True
+    )
+    key = write_private_key(tmp_path / f"{name}.key", issued.tls_key, overwrite=True)
+    signing = (
+        None
+        if issued.signing_key is None
+        else write_private_key(tmp_path / f"{name}-signing.key", issued.signing_key, overwrite=True)
+    )
+    return cert, key, signing
+
+
+def test_node_credentials_need_one_consistent_node_identity(fresh_ca, tmp_path: Path) -> None:
+    ca = fresh_ca.ca.directory / "ca.pem"
+    cert, key, signing = _node_files(tmp_path, fresh_ca.issue("st-marys"), "st-marys")
+    assert signing is not None
+    checked = node_credentials(
+        ca_certificate=ca, certificate=cert, key=key, signing_key=signing, now=fresh_ca.now
+    )
+    assert checked.identity.name == "st-marys"
+    raw = checked.signing_key.public_key().public_bytes_raw()
+    assert raw == checked.identity.signing_key
+
+    # The signing key of another node (valid, same CA) is not the one this certificate binds.
+    _, _, other = _node_files(tmp_path, fresh_ca.issue("other"), "other")
+    assert other is not None
+    with pytest.raises(KeyFileError, match="is not the one certificate"):
+        node_credentials(
+            ca_certificate=ca, certificate=cert, key=key, signing_key=other, now=fresh_ca.now
+        )
+    # A user's certificate is not a node's, whatever keys come with it.
+    user_cert, user_key, user_signing = _node_files(
+        tmp_path, fresh_ca.issue("alice", Role.DATA_SCIENTIST), "alice"
+    )
+    with pytest.raises(CertificateInvalid) as info:
+        node_credentials(
+            ca_certificate=ca,
+            certificate=user_cert,
+            key=user_key,
+            signing_key=user_signing or signing,
+            now=fresh_ca.now,
+        )
+    assert info.value.reason is InvalidReason.WRONG_ROLE

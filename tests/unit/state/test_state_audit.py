@@ -282,6 +282,10 @@ FAILING_CALLS: dict[str, tuple[str, Callable[..., object]]] = {
         lambda s, w, rm, fp: s.enrol_node("bank-b", fp("c:b"), fp("k:b"), "admin", actor=ADMIN),
     ),
     "remove_node": ("node.removed", lambda s, w, rm, fp: s.remove_node("hospital-a")),
+    "renew_node": (
+        "node.renewed",
+        lambda s, w, rm, fp: s.renew_node("hospital-a", fp("c:new"), fp("k:new"), "admin"),
+    ),
     "set_node_online": (
         "node.connected",
         lambda s, w, rm, fp: s.set_node_online(w.node_id, True, actor=node_actor("a")),

@@ -170,3 +170,79 @@ def test_a_restarted_state_reads_enrolments_from_the_database(backend, make_node
         assert reopened.enrolment(node.cert_fingerprint).name == "hospital-a"
     finally:
         reopened.close()
+
+
+def test_a_renewal_is_accepted_beside_the_enrolled_certificate(state, clock, make_node, fp):
+    node = make_node("hospital-a")
+    renewed = state.renew_node("hospital-a", fp("cert:new"), fp("key:new"), "admin")
+    assert renewed.node_id == node.node_id
+    assert renewed.cert_fingerprint == node.cert_fingerprint  # the old one is still enrolled
+    assert renewed.renewal_cert_fingerprint == fp("cert:new")
+    assert state.get_node(node.node_id) == renewed
+    assert state.find_node_by_name("hospital-a") == renewed
+    assert state.list_nodes() == [renewed]
+    assert state.enrolment(node.cert_fingerprint).renewal is False
+    assert state.enrolment(fp("cert:new")) == Enrolment(
+        node_id=node.node_id,
+        name="hospital-a",
+        cert_fingerprint=fp("cert:new"),
+        signing_key_fingerprint=fp("key:new"),
+        renewal=True,
+    )
+
+
+def test_completing_a_renewal_retires_the_old_certificate(state, make_node, fp):
+    node = make_node("hospital-a")
+    state.renew_node("hospital-a", fp("cert:new"), fp("key:new"), "admin")
+    done = state.complete_renewal(node.node_id, fp("cert:new"))
+    assert (done.node_id, done.cert_fingerprint) == (node.node_id, fp("cert:new"))
+    assert done.signing_key_fingerprint == fp("key:new")
+    assert done.renewal_cert_fingerprint is None
+    assert state.enrolment(node.cert_fingerprint) is None
+    assert state.enrolment(fp("cert:new")).renewal is False
+    assert state.complete_renewal(node.node_id, fp("cert:new")) == done  # twice: harmless
+    # The retired certificate may be used again only by a new enrolment.
+    assert state.enrol_node("hospital-b", node.cert_fingerprint, fp("k"), "admin").name
+
+
+def test_completing_with_another_certificate_changes_nothing(state, make_node, fp):
+    node = make_node("hospital-a")
+    staged = state.renew_node("hospital-a", fp("cert:new"), fp("key:new"), "admin")
+    assert state.complete_renewal(node.node_id, node.cert_fingerprint) == staged
+    assert state.enrolment(fp("cert:new")).renewal is True
+
+
+def test_a_second_renewal_replaces_the_staged_one(state, make_node, fp):
+    make_node("hospital-a")
+    state.renew_node("hospital-a", fp("cert:one"), fp("key:one"), "admin")
+    again = state.renew_node("hospital-a", fp("cert:two"), fp("key:two"), "admin")
+    assert again.renewal_cert_fingerprint == fp("cert:two")
+    assert state.enrolment(fp("cert:one")) is None
+
+
+def test_renewal_refusals(state, make_node, fp):
+    node = make_node("hospital-a")
+    make_node("hospital-b")
+    with pytest.raises(NodeNotFound):
+        state.renew_node("nowhere", fp("cert:new"), fp("key:new"), "admin")
+    with pytest.raises(NodeAlreadyEnrolled, match="already enrolled as node 'hospital-b'"):
+        state.renew_node("hospital-a", fp("cert:hospital-b"), fp("k"), "admin")
+    with pytest.raises(NodeAlreadyEnrolled, match="already enrolled as node 'hospital-a'"):
+        state.renew_node("hospital-a", node.cert_fingerprint, fp("k"), "admin")
+    state.renew_node("hospital-b", fp("cert:new"), fp("key:new"), "admin")
+    with pytest.raises(NodeAlreadyEnrolled, match="staged as the renewal of 'hospital-b'"):
+        state.renew_node("hospital-a", fp("cert:new"), fp("k"), "admin")
+    with pytest.raises(NodeAlreadyEnrolled, match="staged as the renewal of 'hospital-b'"):
+        state.enrol_node("hospital-c", fp("cert:new"), fp("k"), "admin")
+    with pytest.raises(InvalidArgument):
+        state.renew_node("hospital-a", "not a fingerprint", fp("k"), "admin")
+    with pytest.raises(NodeNotFound):
+        state.complete_renewal(12345, fp("cert:new"))
+
+
+def test_removing_a_node_drops_its_staged_renewal(state, make_node, fp):
+    make_node("hospital-a")
+    state.renew_node("hospital-a", fp("cert:new"), fp("key:new"), "admin")
+    state.remove_node("hospital-a")
+    assert state.enrolment(fp("cert:new")) is None
+    assert state.enrol_node("hospital-a", fp("cert:new"), fp("key:new"), "admin").name
