@@ -4,7 +4,8 @@ Python's default action for SIGHUP ends the process, and systemd counts a death 
 SIGHUP as a clean exit (``Restart=on-failure`` does not restart it), so
 ``systemctl reload`` (``ExecReload=kill -HUP``) would quietly stop the service.
 Each long-running command therefore installs :func:`reload_on_sighup` with what it
-re-reads: the SuperLink its TLS files and CRL, the SuperNode its site policy and CRL.
+re-reads: the SuperLink its TLS files and CRL, the SuperNode its site policy, CRL,
+certificate and keys.
 """
 
 from __future__ import annotations

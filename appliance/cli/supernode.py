@@ -74,6 +74,14 @@ _FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
     help="On SIGTERM, seconds a message in progress may take to finish and be answered "
     "before its ClientApp is killed.",
 )
+@click.option(
+    "--audit-interval",
+    "audit_interval_s",
+    type=click.FloatRange(min=0.1),
+    default=SuperNodeConfig.audit_interval_s,
+    show_default=True,
+    help="Seconds new site audit entries may wait for a signed tree head.",
+)
 @health_address_option
 @metrics_address_option
 def supernode(
@@ -90,13 +98,16 @@ def supernode(
     data_dir: Path,
     node_config: tuple[str, ...],
     shutdown_grace_s: float,
+    audit_interval_s: float,
     health_address: str | None,
     metrics_address: str | None,
 ) -> None:
     """Dial out to the SuperLink and run ClientApps for it (no inbound port).
 
-    SIGHUP re-reads the site policy and the CRL; SIGTERM lets a message in progress
-    finish (--shutdown-grace), signs the site audit log's last tree head and exits.
+    SIGHUP re-reads the site policy, the CRL and the node's certificate and keys
+    (switching to a renewed certificate the SuperLink accepts); SIGTERM lets a
+    message in progress finish (--shutdown-grace), signs the site audit log's last
+    tree head and exits.
     """
     configure_logging("json", level=logging.INFO)
     keep_freed_buffers()
@@ -120,6 +131,7 @@ def supernode(
             unsafe_insecure=insecure,
             unsafe_name=name,
             shutdown_grace_s=shutdown_grace_s,
+            audit_interval_s=audit_interval_s,
         )
     )
 
@@ -128,8 +140,8 @@ def supernode(
 
     signal.signal(signal.SIGTERM, shutdown)
     signal.signal(signal.SIGINT, shutdown)
-    # SIGHUP re-reads site.toml and the CRL (the node's housekeeping thread does the
-    # work); the node's certificate and keys need a restart (and a new enrolment).
+    # SIGHUP re-reads site.toml, the CRL and the node's own certificate and keys (the
+    # node's housekeeping thread does the work).
     reload_on_sighup(node.request_reload)
     # After SuperNode(): its isolation check must run before any thread starts.
     # SERVING while connected to the SuperLink, NOT_SERVING while reconnecting.

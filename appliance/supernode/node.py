@@ -99,6 +99,8 @@ class SuperNodeConfig:
     policy: SitePolicy | None = None
     #: Where ``policy`` came from: re-read on :meth:`SuperNode.request_reload` (SIGHUP).
     policy_path: Path | None = None
+    #: Seconds new site audit entries may wait for a signed tree head.
+    audit_interval_s: float = 10.0
     #: The SuperLink's audit verifier key; ``None``: trusted on first contact and pinned.
     superlink_audit_key: VerifierKey | None = None
     #: DEVELOPMENT ONLY: plain TCP, the node claims ``unsafe_name``, replies unsigned.
@@ -575,9 +577,11 @@ class SuperNode:
             _log.exception("policy reload not written to the site audit log")
 
     def _watch_approvals(self) -> None:
-        """Housekeeping: apply a requested policy reload; resume parked messages once the
-        site administrator has decided (polls the approval book)."""
+        """Housekeeping: apply a requested reload; sign the site log's tree head when due;
+        resume parked messages once the site administrator has decided (polls the
+        approval book)."""
         while not self._stopping.wait(APPROVAL_POLL_S):
+            self._sign_site_log_if_due()
             if self._reload.is_set():
                 self._reload.clear()
                 self._switch_identity()
@@ -593,6 +597,15 @@ class SuperNode:
                     continue
                 if approval is not None and approval.decided:
                     self._workers.submit(self._resume, run)
+
+    def _sign_site_log_if_due(self) -> None:
+        site = self._site_audit
+        if site is None:
+            return
+        try:
+            site.sign_if_due(self.config.audit_interval_s)
+        except Exception:  # the entries stay; the next tick (or the stop) signs them
+            _log.exception("site audit tree head not signed")
 
     def _resume(self, run: _Run) -> None:
         with run.lock:

@@ -122,6 +122,8 @@ class SiteAudit:
             self._witness.verifier_key.encode() + "\n", encoding="utf-8"
         )
         self._lock = threading.Lock()
+        self._signed_size = -1  # the log's size at the last tree head signed here
+        self._signed_at = time.monotonic()
         self._seen_note = ""
         self._cosigned_arrival = float("-inf")  # when the cosigned head arrived
 
@@ -338,6 +340,22 @@ class SiteAudit:
             },
             details,
         )
+
+    def sign_if_due(self, interval_s: float) -> bool:
+        """Sign a tree head when entries have waited ``interval_s`` without one.
+
+        So a live export (``greenhouse audit export``) or a compliance check ends,
+        at most ``interval_s`` after the last entry, in a signed tree head. Returns
+        whether it signed.
+        """
+        size = self.log.size
+        now = time.monotonic()
+        with self._lock:
+            if size in (0, self._signed_size) or now - self._signed_at < interval_s:
+                return False
+            self._signed_size, self._signed_at = size, now
+        self.log.checkpoint()  # idempotent per size: one signed at 1000 entries stays
+        return True
 
     def close(self) -> None:
         """Sign a last tree head of the site log."""

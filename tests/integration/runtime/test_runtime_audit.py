@@ -122,3 +122,32 @@ def test_refused_calls_are_audited(federation: Federation, tmp_path: Path):
     details = refused[0].to_json()["details"]
     assert details["reason"] == "not-enrolled" and details["method"].endswith("/Hello")
     assert "stranger" in details["message"]
+
+
+def test_a_running_sites_log_exports_with_a_signed_tree_head(
+    federation: Federation, tmp_path: Path
+):
+    federation.start_superlink()
+    federation.enrol("n1")
+    federation.start_node("n1", 0, 1, extra=("--audit-interval", "0.5"))
+    federation.wait_online("n1")
+    code, _, err = federation.cli(
+        "alice", "run", str(PROBE), "--federation", "test",
+        "--run-config", "num-server-rounds=1 min-nodes=1",
+    )  # fmt: skip
+    assert code == 0, err + federation.log("superlink")
+    site_dir = federation.root / "node-n1" / "audit"
+    site_key = _vkey(site_dir / "site-audit.vkey")
+    attempts = iter(range(100))
+
+    def live_export_verifies() -> bool:
+        export = tmp_path / f"live-{next(attempts)}"
+        code, _, err = federation.cli(
+            "audrey", "audit", "export", "--file", str(site_dir / "site-audit.db"),
+            "--out", str(export),
+        )  # fmt: skip
+        assert code == 0, err
+        return audit.check_export(export, site_key).problem is None
+
+    wait_for(live_export_verifies, 20, "a live site export ending in a signed tree head")
+    assert federation.nodes["n1"].poll() is None  # the node was not stopped for it

@@ -161,3 +161,27 @@ def test_received_refused_and_egress_entries_verify_in_an_export(tmp_path, link)
     assert details["records"] == ["arrays", "metrics"]
     assert details["metric_keys"] == ["loss", "num-examples"]
     assert details["bytes"] == len(frame)
+
+
+def _export_verifies(site: SiteAudit, directory: Path) -> bool:
+    audit.export(site.log.engine, directory)
+    try:
+        audit.verify_export(directory, site.log.verifier_key)
+    except audit.UnsignedEntries:
+        return False
+    return True
+
+
+def test_a_live_site_log_signs_its_tree_head_when_entries_have_waited(tmp_path, link):
+    site = _site(tmp_path, link)
+    assert site.sign_if_due(0.0) is False  # nothing to sign
+    site.policy_reloaded("", "a" * 64)
+    assert site.sign_if_due(3600.0) is False  # not due yet
+    assert _export_verifies(site, tmp_path / "e1") is False  # a live export: unsigned tail
+    assert site.sign_if_due(0.0) is True
+    assert _export_verifies(site, tmp_path / "e2") is True  # without stopping the node
+    assert site.sign_if_due(0.0) is False  # no entry since
+    site.policy_reloaded("a" * 64, "b" * 64)
+    assert site.sign_if_due(0.0) is True
+    assert _export_verifies(site, tmp_path / "e3") is True
+    site.close()
