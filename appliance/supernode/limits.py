@@ -22,6 +22,14 @@ What this module enforces, on Linux (the appliance's deployment platform):
   it is down: no socket can reach anything, not even the SuperNode. Where the
   kernel refuses, the ClientApp does not start (fail closed);
   :func:`check_network_isolation` says so at SuperNode start.
+* **hidden files** (``hide``/``keep``) -- in a mount namespace of its own
+  (``CLONE_NEWNS``, in the same new user namespace), each hidden file is covered by
+  ``/dev/null`` and each hidden directory by an empty read-only tmpfs, except the
+  ``keep`` directories under it, bound back in place. The SuperNode hides its TLS
+  and signing keys and its data directory (site audit log and keys, ledger,
+  approval book, other runs), keeping only the run's own directory: app code cannot
+  read the node's keys or rewrite the site's books. Mounts are private to the
+  namespace; the SuperNode and other processes see the files as they are.
 
 Where they are applied: :func:`apply_limits` runs first thing in the freshly
 exec'd ClientApp interpreter (``clientapp_entry``), before any app code is
@@ -63,8 +71,11 @@ __all__ = [
     "network_isolation_available",
 ]
 
+CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNET = 0x40000000
+_MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
+_MS_REMOUNT, _MS_BIND, _MS_REC, _MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
 MIN_MEMORY_BYTES = 64 * 2**20
 
 
@@ -79,20 +90,63 @@ class ResourceLimits:
     memory_bytes: int | None
     cpu_seconds: int | None
     isolate_network: bool
+    #: Absolute paths the process must not see (files read as empty, directories empty).
+    hide: tuple[str, ...] = ()
+    #: Directories under a hidden one that stay as they are (the run's own directory).
+    keep: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "hide", tuple(self.hide))  # lists, from JSON
+        object.__setattr__(self, "keep", tuple(self.keep))
+        for path in (*self.hide, *self.keep):
+            if not os.path.isabs(path):
+                raise ValueError(f"hidden and kept paths must be absolute, got {path!r}")
         if self.memory_bytes is not None and self.memory_bytes < MIN_MEMORY_BYTES:
             raise ValueError(f"memory_bytes must be >= {MIN_MEMORY_BYTES}, got {self.memory_bytes}")
         if self.cpu_seconds is not None and self.cpu_seconds < 1:
             raise ValueError(f"cpu_seconds must be >= 1, got {self.cpu_seconds}")
 
 
-def _libc_unshare() -> Callable[[int], int]:
+def _libc() -> ctypes.CDLL:
     if not sys.platform.startswith("linux"):
-        raise LimitError(f"network isolation needs Linux namespaces; this is {sys.platform}")
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    unshare: Callable[[int], int] = libc.unshare
+        raise LimitError(f"isolation needs Linux namespaces; this is {sys.platform}")
+    return ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
+
+
+def _libc_unshare() -> Callable[[int], int]:
+    unshare: Callable[[int], int] = _libc().unshare
     return unshare
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str) -> None:
+    def arg(text: str | None) -> bytes | None:
+        return None if text is None else os.fsencode(text)
+
+    if _libc().mount(arg(source), arg(target), arg(fstype), flags, arg(data)) != 0:
+        errno = ctypes.get_errno()
+        raise LimitError(f"cannot hide {target}: mount failed: {os.strerror(errno)}")
+
+
+def _hide_paths(hide: tuple[str, ...], keep: tuple[str, ...]) -> None:
+    """Cover ``hide`` (in a fresh mount namespace) but for the ``keep`` directories."""
+    _mount(None, "/", None, _MS_REC | _MS_PRIVATE, "")  # nothing leaks to the host
+    files = [p for p in hide if os.path.lexists(p) and not os.path.isdir(p)]
+    directories = [p for p in hide if os.path.isdir(p)]
+    for path in files:  # first: a file may lie in a hidden directory
+        _mount("/dev/null", path, None, _MS_BIND, "")
+    for directory in directories:
+        under = [k for k in keep if os.path.commonpath([k, directory]) == directory != k]
+        held = [(k, os.open(k, os.O_PATH | os.O_DIRECTORY)) for k in under if os.path.isdir(k)]
+        try:
+            flags = _MS_NOSUID | _MS_NODEV | _MS_NOEXEC
+            _mount("tmpfs", directory, "tmpfs", flags, "size=64k,mode=0700")
+            for path, fd in held:
+                os.makedirs(path, mode=0o700, exist_ok=True)
+                _mount(f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC, "")
+            _mount(None, directory, None, _MS_REMOUNT | _MS_RDONLY | flags, "")
+        finally:
+            for _, fd in held:
+                os.close(fd)
 
 
 def _isolation_steps() -> tuple[Callable[[int], int], tuple[tuple[str, bytes], ...]]:
@@ -107,10 +161,12 @@ def _isolation_steps() -> tuple[Callable[[int], int], tuple[tuple[str, bytes], .
 
 
 def _enter_isolated_namespace(
-    unshare: Callable[[int], int], writes: tuple[tuple[str, bytes], ...]
+    unshare: Callable[[int], int],
+    writes: tuple[tuple[str, bytes], ...],
+    flags: int = CLONE_NEWUSER | CLONE_NEWNET,
 ) -> int:
-    """Unshare user+net namespaces and map ids (fork-safe). 0 on success, else errno."""
-    if unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
+    """Unshare user (+net, +mount) namespaces and map ids (fork-safe). 0 on success, else errno."""
+    if unshare(flags) != 0:
         return ctypes.get_errno() or 1
     for path, data in writes:
         try:
@@ -138,10 +194,20 @@ def apply_limits(limits: ResourceLimits) -> None:
     Raises:
         LimitError: a limit cannot be applied (names which, and why).
     """
+    flags = CLONE_NEWUSER
     if limits.isolate_network:
-        error = _enter_isolated_namespace(*_isolation_steps())
+        flags |= CLONE_NEWNET
+    if limits.hide:
+        flags |= CLONE_NEWNS
+    if flags != CLONE_NEWUSER:
+        error = _enter_isolated_namespace(*_isolation_steps(), flags)
         if error:
-            raise LimitError(f"cannot isolate the network: {os.strerror(error)}")
+            what = "the network" if limits.isolate_network else "the node's files"
+            raise LimitError(f"cannot isolate {what}: {os.strerror(error)}")
+        if limits.hide:
+            cwd = os.getcwd()
+            _hide_paths(limits.hide, limits.keep)
+            os.chdir(cwd)  # the working directory as mounted now (a kept one)
     settings: list[tuple[str, int, tuple[int, int]]] = [("core", resource.RLIMIT_CORE, (0, 0))]
     if limits.cpu_seconds is not None:
         hard = resource.getrlimit(resource.RLIMIT_CPU)[1]  # kept: raising it needs privilege

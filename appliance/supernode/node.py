@@ -12,6 +12,7 @@ exponential backoff (tenacity) until it is stopped.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -155,6 +156,11 @@ class SuperNode:
                 if config.policy is not None and config.policy.execution.network is Network.NONE:
                     raise
                 self._isolation_error = exc
+                _log.warning(
+                    "no user namespaces: ClientApps can read this node's keys and data "
+                    "directory (docs/threat-model.md)",
+                    error=str(exc),
+                )
         if config.unsafe_insecure:
             self._link = insecure_link(config.superlink, config.unsafe_name)
         else:
@@ -759,17 +765,28 @@ class SuperNode:
             work_dir=run.directory / "work",
             max_message_bytes=self.config.max_message_bytes,
             error_detail=self.config.error_detail,
-            **self._limits(),
+            **self._limits(run),
         )
 
-    def _limits(self) -> dict[str, Any]:
-        """Resource limits of ``[execution]`` for a ClientApp process (none without a policy)."""
+    def _limits(self, run: _Run) -> dict[str, Any]:
+        """Resource limits of ``[execution]`` for a ClientApp process (none without a policy),
+        and, where namespaces allow, the node's keys and data directory hidden from it."""
         policy = self._policy
         if policy is None:
             return {}
         cpu_seconds = policy.execution.cpu_seconds
+        limits = resource_limits(policy)
+        if self._isolation_error is None:
+            cfg = self.config
+            secrets = [p for p in (cfg.key, cfg.signing_key) if p is not None]
+            keep = [run.directory, policy.execution.data_path]
+            limits = dataclasses.replace(
+                limits,
+                hide=(*(str(p.absolute()) for p in secrets), str(cfg.data_dir.resolve())),
+                keep=tuple(str(Path(p).resolve()) for p in keep if p),
+            )
         return {
-            "limits": resource_limits(policy),
+            "limits": limits,
             "before_message": lambda pid: grant_cpu_seconds(pid, cpu_seconds),
         }
 

@@ -186,6 +186,35 @@ def test_network_none_leaves_the_clientapp_without_a_network(federation: Federat
     assert "final sum 15.0000" in out, out  # both nodes trained (steps 1 and 2)
 
 
+@pytest.mark.skipif(not network_isolation_available(), reason="no user namespaces on this host")
+def test_the_clientapp_cannot_read_the_nodes_keys_or_site_books(federation: Federation):
+    secrets = ",".join(
+        str(path)
+        for path in (
+            federation.pki.key("n1"),
+            federation.pki.signing_key("n1"),
+            federation.root / "node-n1" / "audit" / "site-audit.key",
+            federation.root / "node-n1" / "audit" / "witness.key",
+        )
+    )
+    config = f"hog='secrets' reach='{secrets}' num-server-rounds=1 min-nodes=1"
+    federation.start_superlink()
+    federation.enrol("n1")
+    federation.start_node("n1", 0, 1)  # no policy: a development node hides nothing
+    federation.wait_online("n1")
+    out = _run(federation, config=config)
+    assert "a node secret is readable" in out, out  # the probe does read what it can
+    federation.terminate("n1")
+
+    policy = _policy(federation.root / "site.toml", allow=[build_bundle(PROBE).sha256])
+    federation.start_node("n1", 0, 1, policy=policy)
+    federation.wait_online("n1")
+    out = _run(federation, config=config)
+    assert "a node secret is readable" not in out, out
+    assert "final sum 10.0000" in out, out  # it trained, in its own run directory
+    assert federation.pki.signing_key("n1").read_bytes()  # hidden from the app only
+
+
 def test_manual_approval_holds_the_run_and_every_decision_is_a_signed_receipt(
     federation: Federation,
 ):

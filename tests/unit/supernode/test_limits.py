@@ -157,3 +157,50 @@ def test_the_clientapp_process_reports_limits_it_cannot_apply(monkeypatch):
         "the site's [execution] limits could not be applied: cannot isolate the network: "
     )
     assert clientapp_entry.ENV_LIMITS not in os.environ
+
+
+def test_hidden_files_and_directories_are_empty_but_the_kept_run_directory(tmp_path):
+    key = tmp_path / "pki" / "node.key"
+    key.parent.mkdir()
+    key.write_text("SECRET KEY")
+    data = tmp_path / "supernode-data"
+    (data / "audit").mkdir(parents=True)
+    (data / "audit" / "site-audit.key").write_text("SECRET SITE KEY")
+    (data / "ledger.db").write_text("budget")
+    work = data / "runs" / "7" / "work"
+    work.mkdir(parents=True)
+    (data / "runs" / "8").mkdir()
+    code = (
+        "import os\n"
+        f"print(repr(open({str(key)!r}).read()))\n"
+        f"print(sorted(os.listdir({str(data)!r})), sorted(os.listdir({str(data / 'runs')!r})))\n"
+        "open('made-here', 'w').write('ok')\n"
+        f"print(os.path.exists({str(data / 'audit' / 'site-audit.key')!r}))\n"
+        "try:\n"
+        f"    open({str(data / 'ledger.db')!r}, 'w')\n"
+        "    print('wrote the ledger')\n"
+        "except OSError as exc:\n"
+        "    print('refused', exc.errno)\n"
+    )
+    cap = ResourceLimits(
+        memory_bytes=None,
+        cpu_seconds=None,
+        isolate_network=False,
+        hide=(str(key), str(data)),
+        keep=(str(data / "runs" / "7"),),
+    )
+    result = _run(code, cap, cwd=work)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "''"  # the key reads as /dev/null
+    assert lines[1] == "['runs'] ['7']"  # only the run's own directory is there
+    assert lines[2] == "False"
+    assert lines[3].startswith("refused")
+    assert (work / "made-here").read_text() == "ok"  # its own directory stays writable
+    assert key.read_text() == "SECRET KEY"  # and nothing changed outside the namespace
+    assert (data / "ledger.db").read_text() == "budget"
+
+
+def test_relative_hidden_paths_are_refused():
+    with pytest.raises(ValueError, match="must be absolute"):
+        ResourceLimits(memory_bytes=None, cpu_seconds=None, isolate_network=False, hide=("k",))

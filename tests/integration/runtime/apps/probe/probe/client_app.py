@@ -17,6 +17,17 @@ def _must_not_reach(address: str) -> None:
     raise RuntimeError(f"the network is reachable: connected to {address}")
 
 
+def _must_not_read(paths: str) -> None:
+    for path in paths.split(","):
+        try:
+            with open(path, "rb") as file:
+                data = file.read()
+        except OSError:
+            continue
+        if data:
+            raise RuntimeError(f"a node secret is readable: {len(data)} bytes of {path}")
+
+
 @app.train()
 def train(msg: Message, ctx: Context) -> Message:
     time.sleep(float(ctx.run_config["train-sleep"]))
@@ -25,6 +36,8 @@ def train(msg: Message, ctx: Context) -> Message:
         _ = bytearray(8 * 2**30)  # far past the site's memory limit
     elif hog == "network":
         _must_not_reach(str(ctx.run_config["reach"]))
+    elif hog == "secrets":
+        _must_not_read(str(ctx.run_config["reach"]))
     elif hog == "loop" and ctx.node_config.get("partition-id") == 0:
         while True:
             pass
