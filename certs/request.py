@@ -198,9 +198,13 @@ def verify_request(csr: x509.CertificateSigningRequest) -> VerifiedRequest:
         RequestInvalid: bad self-signature, a key other than ECDSA P-256, a bad
             subject, an unknown role, or a missing/invalid signing-key proof.
     """
-    if not csr.is_signature_valid:
+    try:
+        valid = csr.is_signature_valid
+        public_key = csr.public_key()
+    except ValueError as exc:  # a corrupted key or signature algorithm
+        raise RequestInvalid(f"CSR cannot be checked: {exc}") from None
+    if not valid:
         raise RequestInvalid("CSR self-signature does not verify")
-    public_key = csr.public_key()
     if not isinstance(public_key, ec.EllipticCurvePublicKey) or not isinstance(
         public_key.curve, ec.SECP256R1
     ):

@@ -15,6 +15,8 @@ from pathlib import Path
 import click
 
 from appliance.supernode.approvals import Approval, ApprovalBook
+from dp import DPError
+from dp.plan import DPPlan
 
 #: ``--data-dir``: the SuperNode's data directory, for commands run on the site's host.
 SITE_DATA_DIR = click.option(
@@ -36,13 +38,26 @@ def _when(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def _privacy_plan(run_config: dict[str, object]) -> str:
+    """What the run's DP plan would cost this site, as the admission books it."""
+    try:
+        plan = DPPlan.from_run_config(run_config)
+    except DPError as exc:
+        return f"invalid: {exc} (the site will refuse the run)"
+    if plan is None:
+        return "none declared (the site's own [privacy] rules apply)"
+    return f"{plan.mode.value}, {plan.rounds} rounds: {plan.site_spend()}"
+
+
 def _describe(approval: Approval) -> dict[str, object]:
+    run_config = json.loads(approval.run_config_json or "{}")
     return {
         "run_id": approval.run_id,
         "state": approval.state.value,
         "manifest_sha256": approval.manifest_sha256,
         "bundle_sha256": approval.bundle_sha256,
-        "run_config": json.loads(approval.run_config_json or "{}"),
+        "run_config": run_config,
+        "privacy_plan": _privacy_plan(run_config),
         "policy_sha256": approval.policy_sha256,
         "requested_at": _when(approval.requested_at),
     }
@@ -65,6 +80,7 @@ def pending(data_dir: Path, as_json: bool) -> None:
         click.echo(f"run {entry['run_id']}  (asked {entry['requested_at']} UTC)")
         click.echo(f"  app bundle  sha256:{entry['bundle_sha256']}")
         click.echo(f"  run config  {json.dumps(entry['run_config'], sort_keys=True)}")
+        click.echo(f"  DP plan     {entry['privacy_plan']}")
         click.echo(f"  manifest    sha256:{entry['manifest_sha256']}")
         click.echo(f"  approve:    greenhouse approve {entry['run_id']} --data-dir {data_dir}")
 

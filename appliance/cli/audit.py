@@ -137,7 +137,9 @@ def audit_group() -> None:
 )
 @click.option("--federation", help="Federation name (default: the only/default one).")
 @click.option(
+    "--app",
     "--app-dir",
+    "app_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("."),
     show_default=True,

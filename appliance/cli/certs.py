@@ -1,17 +1,20 @@
 """``greenhouse certs``: request, show and check certificates (sites and users).
 
 ``request`` makes keys and a CSR locally (private keys never leave ``--out``);
-``show`` prints what a certificate states; ``check`` verifies it against the CA
-(and a CRL) and prints ``valid: ...`` or fails with the exact reason.
+``show`` prints what a certificate states (or what a CSR requests); ``check``
+verifies a certificate against the CA (and a CRL) and prints ``valid: ...`` or
+fails with the exact reason.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
 
 import click
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from certs import (
     CLIENT_ROLES,
@@ -22,10 +25,13 @@ from certs import (
     describe_certificate,
     load_certificate,
     load_crl,
+    load_csr,
     parse_role,
     verify_certificate,
     verify_crl,
+    verify_request,
 )
+from certs.identity import key_fingerprint
 
 __all__ = ["certs"]
 
@@ -63,9 +69,43 @@ def request(role: str, name: str, organization: str | None, out: Path, force: bo
 @click.argument("cert", type=_FILE)
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
 def show(cert: Path, as_json: bool) -> None:
-    """Print what certificate CERT states (nothing is verified)."""
+    """Print what certificate CERT states (nothing is verified), or what the CSR CERT
+    requests (its self-signature and signing-key proof are checked)."""
+    fields = _request_fields(cert) if _is_request(cert) else _certificate_fields(cert)
+    if as_json:
+        click.echo(json.dumps(fields, sort_keys=True))
+        return
+    for key, value in fields.items():
+        click.echo(f"{key + ':':<20} {value if value is not None else '-'}")
+
+
+def _is_request(path: Path) -> bool:
+    try:
+        return b"-----BEGIN CERTIFICATE REQUEST-----" in path.read_bytes()
+    except OSError:
+        return False  # load_certificate reports it
+
+
+def _request_fields(path: Path) -> dict[str, str | None]:
+    request = verify_request(load_csr(path))
+    spki = request.public_key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return {
+        "kind": "request",
+        "name": request.name,
+        "organization": request.organization,
+        "requested_role": request.requested_role.value if request.requested_role else None,
+        "signing_key_sha256": (
+            key_fingerprint(request.signing_key) if request.signing_key else None
+        ),
+        "public_key_sha256": hashlib.sha256(spki).hexdigest(),
+        "file_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "checked": "self-signature and signing-key proof verify",
+    }
+
+
+def _certificate_fields(cert: Path) -> dict[str, str | None]:
     info = describe_certificate(load_certificate(cert))
-    fields = {
+    return {
         "subject": info.subject,
         "issuer": info.issuer,
         "name": info.name,
@@ -78,11 +118,6 @@ def show(cert: Path, as_json: bool) -> None:
         "not_after": info.not_after.isoformat(),
         "fingerprint_sha256": info.fingerprint,
     }
-    if as_json:
-        click.echo(json.dumps(fields, sort_keys=True))
-        return
-    for key, value in fields.items():
-        click.echo(f"{key + ':':<20} {value if value is not None else '-'}")
 
 
 @certs.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import stat
@@ -98,6 +99,26 @@ def test_full_admin_and_site_flow(run, federation: Path, tmp_path: Path) -> None
     assert shown["organization"] == "St Mary's" and len(shown["signing_key_sha256"]) == 64
     code, out, _ = run("certs", "show", cert)
     assert "signing_key_sha256:" in out and "serial:" in out and "not_after:" in out
+
+    # The admin reads the CSR before signing it: what it requests, and its file hash
+    # (which the site reads out over the phone).
+    csr = site / "st-marys.csr"
+    code, out, _ = run("certs", "show", csr, "--json")
+    assert code == 0, out
+    asked = json.loads(out)
+    assert (asked["kind"], asked["name"], asked["requested_role"]) == (
+        "request",
+        "st-marys",
+        "node",
+    )
+    assert asked["signing_key_sha256"] == shown["signing_key_sha256"]
+    assert asked["file_sha256"] == hashlib.sha256(csr.read_bytes()).hexdigest()
+    forged = tmp_path / "forged.csr"
+    text = csr.read_text().splitlines()
+    text[3] = text[3][:10] + ("A" if text[3][10] != "A" else "B") + text[3][11:]
+    forged.write_text("\n".join(text) + "\n")
+    code, _, err = run("certs", "show", forged)
+    assert code != 0 and len(err.strip().splitlines()) == 1, err
 
     code, out, _ = run("certs", "check", cert, "--ca", ca_dir / "ca.pem")
     assert code == 0 and out.startswith("valid: node st-marys (role node, serial ")

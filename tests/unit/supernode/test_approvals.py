@@ -13,6 +13,7 @@ import pytest
 from appliance.cli import main as cli_main
 from appliance.receipts import RunManifest
 from appliance.supernode.approvals import ApprovalBook, ApprovalError, ApprovalState
+from dp.plan import DPPlan
 
 POLICY = "ef" * 32
 
@@ -135,3 +136,25 @@ def test_the_site_administrators_commands(tmp_path):
     assert code == 1 and err.strip() == "greenhouse: error: run 12 is already refused"
     code, out, _ = cli("pending", "--data-dir", str(data_dir))
     assert out.strip() == "no run is waiting for approval"
+
+
+def test_pending_shows_what_each_runs_dp_plan_costs_the_site(tmp_path):
+    data_dir = tmp_path / "node"
+    central = {"dp-mode": "central", "dp-rounds": 3, "dp-noise-multiplier": 1.1,
+               "dp-clipping-norm": 1.0}  # fmt: skip
+    with ApprovalBook(data_dir) as book:
+        book.request(manifest(21, json.dumps(central)), POLICY)
+        book.request(manifest(22, '{"dp-mode": "central", "dp-rounds": 0}'), POLICY)
+        book.request(manifest(23), POLICY)
+    code, out, _ = cli("pending", "--data-dir", str(data_dir), "--json")
+    assert code == 0, out
+    plans = {e["run_id"]: e["privacy_plan"] for e in json.loads(out)}
+    spend = DPPlan.from_run_config(central).site_spend()
+    assert plans[21] == f"central, 3 rounds: {spend}"
+    assert "ε = " in plans[21] and spend.epsilon > 0
+    assert plans[22].startswith("invalid: ") and plans[22].endswith(
+        "(the site will refuse the run)"
+    )
+    assert plans[23].startswith("none declared")
+    code, out, _ = cli("pending", "--data-dir", str(data_dir))
+    assert f"DP plan     central, 3 rounds: {spend}" in out
