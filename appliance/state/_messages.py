@@ -15,14 +15,20 @@ node is the SuperLink's job: the caller passes the *authenticated* node id.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, TypeVar, cast
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
 from appliance.message import SERVER_NODE_ID, Metadata
-from appliance.state._store import Store, check_id, check_key_text
+from appliance.state._store import (
+    RetryTransaction,
+    Store,
+    check_id,
+    check_key_text,
+    is_key_text,
+)
 from appliance.state.errors import (
     AlreadyDelivered,
     BlobNotFound,
@@ -42,66 +48,176 @@ from appliance.state.values import BlobRef, MessageStatus, RunStatus, StoredMess
 #: Most requests one ``queued_for_node`` returns.
 MAX_PULL = 10_000
 _IN_CHUNK = 500
+_T = TypeVar("_T")
+_ATTEMPTS = 3
 QUEUED = MessageStatus.QUEUED.value
 DELIVERED = MessageStatus.DELIVERED.value
 REPLIED = MessageStatus.REPLIED.value
 EXPIRED = MessageStatus.EXPIRED.value
+RUNNING = RunStatus.RUNNING.value
+
+# The message path runs on SQLAlchemy Core: statements built once (the engine caches
+# their compiled SQL), executed on the transaction's connection, plain rows back.
+# Bound parameter names differ from column names (Core reserves those for SET values).
+MESSAGES = cast(Table, MessageRow.__table__)
+RUNS = cast(Table, RunRow.__table__)
+NODES = cast(Table, NodeRow.__table__)
+_M = MESSAGES.c
+
+_RUN_STATUS = select(RUNS.c.status).where(RUNS.c.run_id == bindparam("run"))
+_RUN_STATUSES = select(RUNS.c.run_id, RUNS.c.status).where(
+    RUNS.c.run_id.in_(bindparam("runs", expanding=True))
+)
+_ENROLLED = select(NODES.c.node_id).where(NODES.c.node_id.in_(bindparam("nodes", expanding=True)))
+_TAKEN_IDS = select(_M.message_id).where(_M.message_id.in_(bindparam("ids", expanding=True)))
+_GET_MESSAGE = select(MESSAGES).where(_M.message_id == bindparam("id"))
+_LOCK_MESSAGE = _GET_MESSAGE.with_for_update(key_share=True)
+_SET_STATUS = (
+    update(MESSAGES).where(_M.message_id == bindparam("id")).values(status=bindparam("new_status"))
+)
+_SET_DELIVERED = (
+    update(MESSAGES)
+    .where(_M.message_id == bindparam("id"))
+    .values(status=DELIVERED, delivered_at=bindparam("at"))
+)
+_INSERT_MESSAGE = insert(MESSAGES)
+_QUEUED_FOR_NODE = (
+    select(MESSAGES)
+    .join(RUNS, RUNS.c.run_id == _M.run_id)
+    .where(
+        _M.dst_node_id == bindparam("node"),
+        _M.status == QUEUED,
+        _M.reply_to_message_id.is_(None),
+        _M.expires_at >= bindparam("at"),
+        RUNS.c.status == RUNNING,
+    )
+    .order_by(_M.created_at, _M.message_id)
+    .limit(bindparam("limit"))
+)
+_EXPIRE = (
+    update(MESSAGES)
+    .where(
+        _M.reply_to_message_id.is_(None),
+        _M.status.in_([QUEUED, DELIVERED]),
+        _M.expires_at < bindparam("at"),
+    )
+    .values(status=EXPIRED)
+    .returning(*MESSAGES.c)
+)
+_IN_FLIGHT_FOR_NODE = (
+    select(MESSAGES)
+    .where(
+        _M.dst_node_id == bindparam("node"),
+        _M.reply_to_message_id.is_(None),
+        _M.status == DELIVERED,
+    )
+    .order_by(_M.created_at, _M.message_id)
+)
 
 
-def message_from_row(row: MessageRow) -> StoredMessage:
-    """A frozen :class:`StoredMessage` from its row."""
+def message_from_row(row: Mapping[Any, Any]) -> StoredMessage:
+    """A frozen :class:`StoredMessage` from a row's mapping (or a new row's values)."""
     content = None
-    if row.content_sha256 is not None:
-        content = BlobRef(sha256=row.content_sha256, size=row.content_size or 0)
+    if row["content_sha256"] is not None:
+        content = BlobRef(sha256=row["content_sha256"], size=row["content_size"] or 0)
     return StoredMessage(
-        message_id=row.message_id,
-        run_id=row.run_id,
-        src_node_id=row.src_node_id,
-        dst_node_id=row.dst_node_id,
-        reply_to_message_id=row.reply_to_message_id or "",
-        group_id=row.group_id,
-        message_type=row.message_type,
-        ttl=row.ttl,
-        created_at=row.created_at,
-        status=MessageStatus(row.status),
+        message_id=row["message_id"],
+        run_id=row["run_id"],
+        src_node_id=row["src_node_id"],
+        dst_node_id=row["dst_node_id"],
+        reply_to_message_id=row["reply_to_message_id"] or "",
+        group_id=row["group_id"],
+        message_type=row["message_type"],
+        ttl=row["ttl"],
+        created_at=row["created_at"],
+        status=MessageStatus(row["status"]),
         content=content,
-        error_code=row.error_code,
-        error_reason=row.error_reason,
-        signature=None if row.signature is None else bytes(row.signature),
-        delivered_at=row.delivered_at,
-        synthetic=bool(row.synthetic),
+        error_code=row["error_code"],
+        error_reason=row["error_reason"],
+        signature=None if row["signature"] is None else bytes(row["signature"]),
+        delivered_at=row["delivered_at"],
+        synthetic=bool(row["synthetic"]),
     )
 
 
-def in_chunks(items: Sequence[str]) -> Iterator[list[str]]:
+def in_chunks(items: Sequence[_T]) -> Iterator[list[_T]]:
     for start in range(0, len(items), _IN_CHUNK):
         yield list(items[start : start + _IN_CHUNK])
 
 
-def row_for(meta: Metadata, status: str, content: BlobRef | None) -> MessageRow:
-    """A new row for ``meta``.
+def row_for(meta: Metadata, status: str, content: BlobRef | None) -> dict[str, Any]:
+    """The values of a new row for ``meta`` (every column, as ``insert_messages`` needs).
 
     Raises:
         InvalidArgument: an id holds a NUL or unencodable character.
     """
     for name in ("message_id", "reply_to_message_id", "group_id"):
         check_key_text(getattr(meta, name), name)
-    return MessageRow(
-        message_id=meta.message_id,
-        run_id=meta.run_id,
-        src_node_id=meta.src_node_id,
-        dst_node_id=meta.dst_node_id,
-        reply_to_message_id=meta.reply_to_message_id or None,
-        group_id=meta.group_id,
-        message_type=meta.message_type,
-        ttl=float(meta.ttl),
-        created_at=float(meta.created_at),
-        expires_at=float(meta.created_at) + float(meta.ttl),
-        status=status,
-        content_sha256=None if content is None else content.sha256,
-        content_size=None if content is None else content.size,
-        synthetic=False,
-    )
+    return {
+        "message_id": meta.message_id,
+        "run_id": meta.run_id,
+        "src_node_id": meta.src_node_id,
+        "dst_node_id": meta.dst_node_id,
+        "reply_to_message_id": meta.reply_to_message_id or None,
+        "group_id": meta.group_id,
+        "message_type": meta.message_type,
+        "ttl": float(meta.ttl),
+        "created_at": float(meta.created_at),
+        "expires_at": float(meta.created_at) + float(meta.ttl),
+        "status": status,
+        "content_sha256": None if content is None else content.sha256,
+        "content_size": None if content is None else content.size,
+        "error_code": None,
+        "error_reason": None,
+        "signature": None,
+        "delivered_at": None,
+        "synthetic": False,
+    }
+
+
+def insert_messages(conn: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Insert new rows (one executemany); the caller checked their ids are free.
+
+    Raises:
+        DuplicateMessage: the one row's id was taken meanwhile (a concurrent writer).
+        RetryTransaction: one of several rows clashed; a retry's checks name it.
+    """
+    if not rows:
+        return  # (an empty parameter list would insert one row of defaults)
+    try:
+        conn.execute(_INSERT_MESSAGE, list(rows))
+    except IntegrityError:
+        if len(rows) == 1:
+            raise DuplicateMessage(f"message {rows[0]['message_id']} already exists") from None
+        raise RetryTransaction from None
+
+
+def check_running(conn: Connection, run_id: int) -> None:
+    """Raises RunNotFound or RunNotRunning unless ``run_id`` is running."""
+    _check_run_status(run_id, conn.execute(_RUN_STATUS, {"run": run_id}).scalar())
+
+
+def _check_run_status(run_id: int, status: str | None) -> None:
+    if status is None:
+        raise RunNotFound(run_id)
+    if status != RUNNING:
+        raise RunNotRunning(f"run {run_id} is {status}, not running")
+
+
+def lock_message(conn: Connection, message_id: str) -> Row[Any]:
+    """The message's row, locked until commit (``FOR NO KEY UPDATE``; SQLite: ``IMMEDIATE``).
+
+    Raises:
+        MessageNotFound: no such message.
+    """
+    row = conn.execute(_LOCK_MESSAGE, {"id": message_id}).first()
+    if row is None:
+        raise MessageNotFound(message_id)
+    return row
+
+
+def set_status(conn: Connection, message_id: str, status: str) -> None:
+    conn.execute(_SET_STATUS, {"id": message_id, "new_status": status})
 
 
 class MessageStore(Store):
@@ -116,25 +232,6 @@ class MessageStore(Store):
             raise BlobNotFound(f"content blob {content.sha256} is not in the blob store")
         if self._blobs.size(content.sha256) != content.size:
             raise InvalidArgument(f"content blob {content.sha256} size does not match")
-
-    @staticmethod
-    def _running_run(session: Session, run_id: int) -> RunRow:
-        run = session.get(RunRow, run_id)
-        if run is None:
-            raise RunNotFound(run_id)
-        if run.status != RunStatus.RUNNING.value:
-            raise RunNotRunning(f"run {run_id} is {run.status}, not running")
-        return run
-
-    @staticmethod
-    def _insert(session: Session, row: MessageRow) -> None:
-        if session.get(MessageRow, row.message_id) is not None:
-            raise DuplicateMessage(f"message {row.message_id} already exists")
-        session.add(row)
-        try:
-            session.flush()
-        except IntegrityError:
-            raise DuplicateMessage(f"message {row.message_id} already exists") from None
 
     def queue_message(
         self, meta: Metadata, content: BlobRef | None, *, now: float | None = None
@@ -177,16 +274,51 @@ class MessageStore(Store):
         at = self._now(now)
         for meta, content in items:
             self._check_request(meta, content, at)
-        with self._write() as session:
-            stored: list[StoredMessage] = []
-            for meta, content in items:
-                self._running_run(session, meta.run_id)
-                if session.get(NodeRow, meta.dst_node_id) is None:
-                    raise NodeNotFound(meta.dst_node_id)
-                row = row_for(meta, QUEUED, content)
-                self._insert(session, row)
-                stored.append(message_from_row(row))
-            return stored
+        for _ in range(_ATTEMPTS):
+            try:
+                with self._write() as session:
+                    conn = session.connection()
+                    rows = self._new_requests(conn, items)
+                    insert_messages(conn, rows)
+                    return [message_from_row(row) for row in rows]
+            except RetryTransaction:
+                continue  # an id was taken by a concurrent writer: the next checks name it
+        raise Conflict("could not queue the messages (conflicting writes)")  # pragma: no cover
+
+    @staticmethod
+    def _new_requests(
+        conn: Connection, items: Sequence[tuple[Metadata, BlobRef | None]]
+    ) -> list[dict[str, Any]]:
+        """The rows to insert, checked item by item (run, node, ids) as one lookup per table.
+
+        Raises:
+            RunNotFound, RunNotRunning, NodeNotFound, InvalidArgument, DuplicateMessage.
+        """
+        run_ids = sorted({meta.run_id for meta, _ in items})
+        node_ids = sorted({meta.dst_node_id for meta, _ in items})
+        # Ids that cannot be stored are refused by row_for(); never sent to the database.
+        ids = [meta.message_id for meta, _ in items if is_key_text(meta.message_id)]
+        runs: dict[int, str] = {}
+        enrolled: set[int] = set()
+        taken: set[str] = set()
+        for some_runs in in_chunks(run_ids):
+            rows = conn.execute(_RUN_STATUSES, {"runs": some_runs})
+            runs.update((row.run_id, row.status) for row in rows)
+        for some_nodes in in_chunks(node_ids):
+            enrolled.update(conn.scalars(_ENROLLED, {"nodes": some_nodes}))
+        for some_ids in in_chunks(ids):
+            taken.update(conn.scalars(_TAKEN_IDS, {"ids": some_ids}))
+        new_rows: list[dict[str, Any]] = []
+        for meta, content in items:
+            _check_run_status(meta.run_id, runs.get(meta.run_id))
+            if meta.dst_node_id not in enrolled:
+                raise NodeNotFound(meta.dst_node_id)
+            row = row_for(meta, QUEUED, content)
+            if meta.message_id in taken:
+                raise DuplicateMessage(f"message {meta.message_id} already exists")
+            taken.add(meta.message_id)
+            new_rows.append(row)
+        return new_rows
 
     def _check_request(self, meta: Metadata, content: BlobRef | None, at: float) -> None:
         if not isinstance(meta, Metadata):
@@ -211,10 +343,10 @@ class MessageStore(Store):
             MessageNotFound: no such message.
         """
         with self._read() as session:
-            row = session.get(MessageRow, message_id)
+            row = session.connection().execute(_GET_MESSAGE, {"id": message_id}).first()
             if row is None:
                 raise MessageNotFound(message_id)
-            return message_from_row(row)
+            return message_from_row(row._mapping)
 
     def queued_for_node(
         self, node_id: int, limit: int = 100, *, now: float | None = None
@@ -232,22 +364,10 @@ class MessageStore(Store):
         check_id(node_id, "node_id")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 0 < limit <= MAX_PULL:
             raise InvalidArgument(f"limit must be an int in 1..{MAX_PULL}, got {limit!r}")
-        at = self._now(now)
-        query = (
-            select(MessageRow)
-            .join(RunRow, RunRow.run_id == MessageRow.run_id)
-            .where(
-                MessageRow.dst_node_id == node_id,
-                MessageRow.status == QUEUED,
-                MessageRow.reply_to_message_id.is_(None),
-                MessageRow.expires_at >= at,
-                RunRow.status == RunStatus.RUNNING.value,
-            )
-            .order_by(MessageRow.created_at, MessageRow.message_id)
-            .limit(limit)
-        )
+        params = {"node": node_id, "at": self._now(now), "limit": limit}
         with self._read() as session:
-            return [message_from_row(row) for row in session.scalars(query)]
+            rows = session.connection().execute(_QUEUED_FOR_NODE, params)
+            return [message_from_row(row._mapping) for row in rows]
 
     def mark_delivered(
         self, message_id: str, node_id: int, *, now: float | None = None
@@ -264,29 +384,17 @@ class MessageStore(Store):
         check_id(node_id, "node_id")
         at = self._now(now)
         with self._write() as session:
-            row = self._lock(session, message_id)
+            conn = session.connection()
+            row = lock_message(conn, message_id)
             if row.reply_to_message_id is not None or row.dst_node_id != node_id:
                 raise NotAddressedToNode(f"message {message_id} is not addressed to node {node_id}")
             if row.status == EXPIRED or at > row.expires_at:
                 raise MessageExpired(f"message {message_id} expired")
             if row.status != QUEUED:
                 raise AlreadyDelivered(f"message {message_id} was already delivered")
-            self._running_run(session, row.run_id)
-            row.status = DELIVERED
-            row.delivered_at = at
-            session.flush()
-            return message_from_row(row)
-
-    @staticmethod
-    def _lock(session: Session, message_id: str) -> MessageRow:
-        row = session.scalars(
-            select(MessageRow)
-            .where(MessageRow.message_id == message_id)
-            .with_for_update(key_share=True)
-        ).first()
-        if row is None:
-            raise MessageNotFound(message_id)
-        return row
+            check_running(conn, row.run_id)
+            conn.execute(_SET_DELIVERED, {"id": message_id, "at": at})
+            return message_from_row({**row._mapping, "status": DELIVERED, "delivered_at": at})
 
     def expire_messages(self, now: float | None = None) -> list[StoredMessage]:
         """Expire queued or delivered requests whose TTL ran out (``-> expired``).
@@ -297,34 +405,16 @@ class MessageStore(Store):
         """
         at = self._now(now)
         with self._write() as session:
-            rows = session.scalars(
-                update(MessageRow)
-                .where(
-                    MessageRow.reply_to_message_id.is_(None),
-                    MessageRow.status.in_([QUEUED, DELIVERED]),
-                    MessageRow.expires_at < at,
-                )
-                .values(status=EXPIRED)
-                .returning(MessageRow)
-                .execution_options(synchronize_session=False)
-            ).all()
-            expired = [message_from_row(row) for row in rows]
+            rows = session.connection().execute(_EXPIRE, {"at": at})
+            expired = [message_from_row(row._mapping) for row in rows]
         return sorted(expired, key=lambda m: (m.created_at, m.message_id))
 
     def requests_in_flight_for_node(self, node_id: int) -> list[StoredMessage]:
         """Requests delivered to ``node_id`` and not answered yet, oldest first."""
         check_id(node_id, "node_id")
         with self._read() as session:
-            rows = session.scalars(
-                select(MessageRow)
-                .where(
-                    MessageRow.dst_node_id == node_id,
-                    MessageRow.reply_to_message_id.is_(None),
-                    MessageRow.status == DELIVERED,
-                )
-                .order_by(MessageRow.created_at, MessageRow.message_id)
-            )
-            return [message_from_row(row) for row in rows]
+            rows = session.connection().execute(_IN_FLIGHT_FOR_NODE, {"node": node_id})
+            return [message_from_row(row._mapping) for row in rows]
 
     def referenced_blobs(self) -> set[str]:
         """SHA-256 of every blob a message or bundle still references."""

@@ -13,26 +13,33 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable
+from typing import Any
 
-from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, bindparam, or_, select, update
 
 from appliance.message import SERVER_NODE_ID, Metadata
 from appliance.state._messages import (
     DELIVERED,
     EXPIRED,
+    MESSAGES,
     QUEUED,
     REPLIED,
+    RUNS,
     MessageStore,
+    check_running,
     in_chunks,
+    insert_messages,
+    lock_message,
     message_from_row,
     row_for,
+    set_status,
 )
 from appliance.state._runs import clip_reason
 from appliance.state._store import check_id, check_key_text
 from appliance.state.audit_sink import AuditActor
 from appliance.state.errors import (
     AlreadyReplied,
+    DuplicateMessage,
     InvalidArgument,
     MessageExpired,
     NotDeliveredToNode,
@@ -46,6 +53,32 @@ from appliance.state.values import BlobRef, StoredMessage
 MAX_SIGNATURE_BYTES = 4096
 #: The audited hash of a reply without content (an error reply): SHA-256 of no bytes.
 EMPTY_SHA256 = hashlib.sha256(b"").hexdigest()
+
+_M = MESSAGES.c
+_RUN_EXISTS = select(RUNS.c.run_id).where(RUNS.c.run_id == bindparam("run"))
+# The rows a new reply would clash with: the request's answer, or the reply's own id.
+_CLASHES = select(_M.message_id, _M.reply_to_message_id).where(
+    or_(_M.reply_to_message_id == bindparam("to"), _M.message_id == bindparam("id"))
+)
+_REPLIES_FOR = select(MESSAGES).where(
+    _M.run_id == bindparam("run"),
+    _M.reply_to_message_id.in_(bindparam("ids", expanding=True)),
+    _M.status == QUEUED,
+)
+_MARK_REPLIES_DELIVERED = (
+    update(MESSAGES)
+    .where(
+        _M.message_id.in_(bindparam("ids", expanding=True)),
+        _M.reply_to_message_id.is_not(None),
+        _M.status == QUEUED,
+    )
+    .values(status=DELIVERED, delivered_at=bindparam("at"))
+)
+
+
+def _check_run_exists(conn: Connection, run_id: int) -> None:
+    if conn.execute(_RUN_EXISTS, {"run": run_id}).first() is None:
+        raise RunNotFound(run_id)
 
 
 class ReplyStore(MessageStore):
@@ -102,7 +135,8 @@ class ReplyStore(MessageStore):
         request_id = meta.reply_to_message_id
         node_id = meta.src_node_id
         with self._write() as session:
-            request = self._lock(session, request_id)
+            conn = session.connection()
+            request = lock_message(conn, request_id)
             if request.reply_to_message_id is not None:
                 raise NotDeliveredToNode(f"message {request_id} is a reply, not a request")
             if request.run_id != meta.run_id:
@@ -118,13 +152,13 @@ class ReplyStore(MessageStore):
                 raise NotDeliveredToNode(f"request {request_id} was not delivered yet")
             if request.status == EXPIRED or at > request.expires_at:
                 raise MessageExpired(f"request {request_id} expired before its reply")
-            self._running_run(session, meta.run_id)
-            request.status = REPLIED
+            check_running(conn, meta.run_id)
+            set_status(conn, request_id, REPLIED)
             reply = row_for(meta, QUEUED, content)
             if error is not None:
-                reply.error_code, reply.error_reason = int(error[0]), clip_reason(error[1])
-            reply.signature = None if signature is None else bytes(signature)
-            self._insert_reply(session, reply)
+                reply["error_code"], reply["error_reason"] = int(error[0]), clip_reason(error[1])
+            reply["signature"] = None if signature is None else bytes(signature)
+            self._insert_reply(conn, reply)
             details: dict[str, object] = {
                 "sha256": EMPTY_SHA256 if content is None else content.sha256,
                 "bytes": 0 if content is None else content.size,
@@ -178,16 +212,22 @@ class ReplyStore(MessageStore):
         ):
             raise InvalidArgument(f"signature must be bytes of at most {MAX_SIGNATURE_BYTES}")
 
-    def _insert_reply(self, session: Session, reply: MessageRow) -> None:
-        assert reply.reply_to_message_id is not None
-        existing = session.scalars(
-            select(MessageRow.message_id).where(
-                MessageRow.reply_to_message_id == reply.reply_to_message_id
-            )
-        ).first()
-        if existing is not None:
-            raise AlreadyReplied(f"request {reply.reply_to_message_id} was already answered")
-        self._insert(session, reply)
+    @staticmethod
+    def _insert_reply(conn: Connection, reply: dict[str, Any]) -> None:
+        """Insert a reply unless its request has one or its id is taken.
+
+        Raises:
+            AlreadyReplied: the request already has a reply.
+            DuplicateMessage: the reply's id is taken.
+        """
+        request_id = reply["reply_to_message_id"]
+        assert request_id is not None
+        clashes = conn.execute(_CLASHES, {"to": request_id, "id": reply["message_id"]}).all()
+        if any(row.reply_to_message_id == request_id for row in clashes):
+            raise AlreadyReplied(f"request {request_id} was already answered")
+        if clashes:
+            raise DuplicateMessage(f"message {reply['message_id']} already exists")
+        insert_messages(conn, [reply])
 
     def store_synthetic_error_reply(
         self,
@@ -214,30 +254,35 @@ class ReplyStore(MessageStore):
         at = self._now(now)
         reply_id = check_key_text(message_id or uuid.uuid4().hex, "message_id")
         with self._write() as session:
-            request = self._lock(session, request_id)
+            conn = session.connection()
+            request = lock_message(conn, request_id)
             if request.reply_to_message_id is not None:
                 raise InvalidArgument(f"message {request_id} is a reply, not a request")
             if request.status == REPLIED:
                 raise AlreadyReplied(f"request {request_id} was already answered")
             if request.status != EXPIRED:
-                request.status = REPLIED
-            reply = MessageRow(
-                message_id=reply_id,
-                run_id=request.run_id,
-                src_node_id=request.dst_node_id,
-                dst_node_id=SERVER_NODE_ID,
-                reply_to_message_id=request_id,
-                group_id=request.group_id,
-                message_type=request.message_type,
-                ttl=max(request.expires_at - at, 0.0),
-                created_at=at,
-                expires_at=max(request.expires_at, at),
-                status=QUEUED,
-                error_code=int(code),
-                error_reason=clip_reason(reason),
-                synthetic=True,
-            )
-            self._insert_reply(session, reply)
+                set_status(conn, request_id, REPLIED)
+            reply: dict[str, Any] = {
+                "message_id": reply_id,
+                "run_id": request.run_id,
+                "src_node_id": request.dst_node_id,
+                "dst_node_id": SERVER_NODE_ID,
+                "reply_to_message_id": request_id,
+                "group_id": request.group_id,
+                "message_type": request.message_type,
+                "ttl": max(request.expires_at - at, 0.0),
+                "created_at": at,
+                "expires_at": max(request.expires_at, at),
+                "status": QUEUED,
+                "content_sha256": None,
+                "content_size": None,
+                "error_code": int(code),
+                "error_reason": clip_reason(reason),
+                "signature": None,
+                "delivered_at": None,
+                "synthetic": True,
+            }
+            self._insert_reply(conn, reply)
             return message_from_row(reply)
 
     def record_round(self, run_id: int, group_id: str) -> tuple[list[int], list[int]]:
@@ -290,17 +335,11 @@ class ReplyStore(MessageStore):
         ids = sorted(set(message_ids))
         found: list[StoredMessage] = []
         with self._read() as session:
-            if session.get(RunRow, run_id) is None:
-                raise RunNotFound(run_id)
+            conn = session.connection()
+            _check_run_exists(conn, run_id)
             for chunk in in_chunks(ids):
-                rows = session.scalars(
-                    select(MessageRow).where(
-                        MessageRow.run_id == run_id,
-                        MessageRow.reply_to_message_id.in_(chunk),
-                        MessageRow.status == QUEUED,
-                    )
-                )
-                found.extend(message_from_row(row) for row in rows)
+                rows = conn.execute(_REPLIES_FOR, {"run": run_id, "ids": chunk})
+                found.extend(message_from_row(row._mapping) for row in rows)
         return sorted(found, key=lambda m: (m.created_at, m.message_id))
 
     def mark_replies_delivered(self, ids: Iterable[str], *, now: float | None = None) -> int:
@@ -313,18 +352,7 @@ class ReplyStore(MessageStore):
         unique = sorted(set(ids))
         changed = 0
         with self._write() as session:
+            conn = session.connection()
             for chunk in in_chunks(unique):
-                changed += len(
-                    session.scalars(
-                        update(MessageRow)
-                        .where(
-                            MessageRow.message_id.in_(chunk),
-                            MessageRow.reply_to_message_id.is_not(None),
-                            MessageRow.status == QUEUED,
-                        )
-                        .values(status=DELIVERED, delivered_at=at)
-                        .returning(MessageRow.message_id)
-                        .execution_options(synchronize_session=False)
-                    ).all()
-                )
+                changed += conn.execute(_MARK_REPLIES_DELIVERED, {"ids": chunk, "at": at}).rowcount
         return changed

@@ -17,7 +17,7 @@ import json
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, bindparam, select, update
 from sqlalchemy.exc import IntegrityError
 
 from appliance.message import MAX_REASON_CHARS
@@ -53,6 +53,8 @@ _ALLOWED: dict[RunStatus, frozenset[RunStatus]] = {
     RunStatus.STOPPED: frozenset(),
 }
 IN_FLIGHT = (RunStatus.PENDING, RunStatus.STARTING, RunStatus.RUNNING)
+# get_run() is polled (node RPCs, log follow): a Core statement, built once, plain rows.
+_GET_RUN = select(RunRow.__table__).where(RunRow.__table__.c.run_id == bindparam("run"))
 #: The audit action of entering a status (``starting`` is not recorded).
 _AUDIT_ACTION = {
     RunStatus.RUNNING: "run.started",
@@ -96,8 +98,8 @@ def clip_reason(reason: str | None) -> str | None:
     return reason
 
 
-def run_from_row(row: RunRow) -> Run:
-    """A frozen :class:`Run` from its row."""
+def run_from_row(row: RunRow | Row[Any]) -> Run:
+    """A frozen :class:`Run` from its ORM row or a Core row of all its columns."""
     return Run(
         run_id=row.run_id,
         owner=row.owner,
@@ -316,7 +318,7 @@ class RunStore(Store):
         """
         check_id(run_id, "run_id")
         with self._read() as session:
-            row = session.get(RunRow, run_id)
+            row = session.connection().execute(_GET_RUN, {"run": run_id}).first()
             if row is None:
                 raise RunNotFound(run_id)
             return run_from_row(row)

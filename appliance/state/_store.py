@@ -79,13 +79,18 @@ def clean_text(value: str) -> str:
     return value.replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
+def is_key_text(value: str) -> bool:
+    """Whether ``value`` can be stored (and looked up) exactly: no NUL, no lone surrogate."""
+    return "\x00" not in value and clean_text(value) == value
+
+
 def check_key_text(value: str, what: str) -> str:
     """An id-like string (message or group id) that must be stored exactly.
 
     Raises:
         InvalidArgument: it holds a NUL character or a lone surrogate.
     """
-    if "\x00" in value or clean_text(value) != value:
+    if not is_key_text(value):
         raise InvalidArgument(f"{what} {value!r:.80} holds a NUL or an unencodable character")
     return value
 

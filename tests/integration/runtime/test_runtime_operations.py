@@ -229,7 +229,13 @@ def _received(federation: Federation, *nodes: str) -> Callable[[], bool]:
 def test_sigterm_lets_a_supernode_finish_the_message_in_progress(
     federation: Federation, tmp_path: Path
 ):
-    start(federation, 2)
+    federation.start_superlink()
+    federation.enrol("n1", "n2")
+    # A grace well past the 4 s of training: the ClientApp starts only after the message
+    # is logged as received, and on a loaded machine its start alone takes seconds.
+    for i, name in enumerate(("n1", "n2")):
+        federation.start_node(name, i, 2, extra=("--shutdown-grace", "40"))
+    federation.wait_online("n1", "n2")
     run_id = submitted_run(
         _run(federation, "train-sleep=4 num-server-rounds=1 min-nodes=2", "--detach")
     )

@@ -17,6 +17,7 @@ from state_threads import start_together
 from appliance.state import (
     AlreadyDelivered,
     AlreadyReplied,
+    DuplicateMessage,
     InvalidTransition,
     NodeAlreadyEnrolled,
     RunStatus,
@@ -84,6 +85,26 @@ def test_racing_replies_to_one_request(state, make_run, make_node, request_meta,
     start_together([reply] * THREADS)
     assert len(wins) == 1
     assert [r.message_id for r in state.replies_for(run.run_id, [meta.message_id])] == wins
+
+
+def test_racing_batches_with_the_same_ids(state, make_run, make_node, request_meta):
+    run = make_run(RunStatus.RUNNING)
+    node = make_node()
+    body = state.blobs.put_bytes(b"w")
+    batch = [(request_meta(run.run_id, node.node_id), body) for _ in range(3)]
+    outcomes: list[str] = []
+
+    def push() -> None:
+        try:
+            state.queue_messages(batch)
+            outcomes.append("queued")
+        except DuplicateMessage as exc:
+            outcomes.append(str(exc))
+
+    start_together([push] * THREADS)
+    refused = f"message {batch[0][0].message_id} already exists"
+    assert sorted(outcomes) == sorted(["queued"] + [refused] * (THREADS - 1))
+    assert len(state.queued_for_node(node.node_id, limit=10)) == len(batch)
 
 
 def test_racing_transitions(state, make_run):

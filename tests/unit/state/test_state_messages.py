@@ -424,6 +424,21 @@ def test_queue_messages_is_all_or_nothing(state, world, body, request_meta):
         state.get_message(bad[0].message_id)  # the first one was rolled back too
 
 
+def test_queue_messages_refuses_an_id_taken_in_the_batch_or_before(
+    state, world, body, request_meta
+):
+    assert state.queue_messages([]) == []
+    first = [request_meta(world.run_id, world.node_id) for _ in range(501)]  # > one IN list
+    with pytest.raises(DuplicateMessage, match=f"message {first[0].message_id} already exists"):
+        state.queue_messages([(m, body) for m in [*first, first[0]]])
+    assert state.queued_for_node(world.node_id, limit=10_000) == []
+    state.queue_messages([(m, body) for m in first])
+    second = [request_meta(world.run_id, world.node_id) for _ in range(501)]
+    with pytest.raises(DuplicateMessage, match=f"message {first[-1].message_id} already exists"):
+        state.queue_messages([(m, body) for m in [*second, first[-1]]])
+    assert len(state.queued_for_node(world.node_id, limit=10_000)) == len(first)
+
+
 def test_release_run_bodies_keeps_shared_and_live_bodies(state, make_run, world, request_meta):
     ended = make_run(RunStatus.RUNNING)
     live = make_run(RunStatus.RUNNING)
