@@ -1,9 +1,9 @@
 """The SuperNode's connection to the SuperLink: channel, stub and signer as one value.
 
 A SIGHUP that finds a renewed certificate builds a second :class:`Link` next to the
-one in use and swaps it in only once the SuperLink has accepted it (a Hello), so a
-thread that reads ``node.link`` once always signs with the key of the channel it
-calls on.
+one in use and swaps it in only once the SuperLink has accepted it (a Hello). A
+thread that reads the SuperNode's link once therefore signs with the key of the
+channel it calls on.
 """
 
 from __future__ import annotations

@@ -353,8 +353,9 @@ class SiteAudit:
         with self._lock:
             if size in (0, self._signed_size) or now - self._signed_at < interval_s:
                 return False
-            self._signed_size, self._signed_at = size, now
         self.log.checkpoint()  # idempotent per size: one signed at 1000 entries stays
+        with self._lock:  # only now: a failed signature is tried again at the next call
+            self._signed_size, self._signed_at = size, now
         return True
 
     def close(self) -> None:

@@ -185,3 +185,20 @@ def test_a_live_site_log_signs_its_tree_head_when_entries_have_waited(tmp_path, 
     assert site.sign_if_due(0.0) is True
     assert _export_verifies(site, tmp_path / "e3") is True
     site.close()
+
+
+def test_a_tree_head_that_failed_to_sign_is_tried_again(tmp_path, link, monkeypatch):
+    site = _site(tmp_path, link)
+    site.policy_reloaded("", "a" * 64)
+    signed = site.log.checkpoint
+
+    def broken() -> str:
+        raise audit.AppendFailed("disk full")
+
+    monkeypatch.setattr(site.log, "checkpoint", broken)
+    with pytest.raises(audit.AppendFailed):
+        site.sign_if_due(0.0)
+    monkeypatch.setattr(site.log, "checkpoint", signed)
+    assert site.sign_if_due(0.0) is True  # no new entry since, but it was never signed
+    assert _export_verifies(site, tmp_path / "e")
+    site.close()
