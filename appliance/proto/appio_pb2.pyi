@@ -81,26 +81,30 @@ class PushMessagesResponse(_message.Message):
     def __init__(self, message_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ReceiveRequest(_message.Message):
-    __slots__ = ("message_ids", "timeout_s")
+    __slots__ = ("message_ids", "timeout_s", "bodies_by_fd")
     MESSAGE_IDS_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    BODIES_BY_FD_FIELD_NUMBER: _ClassVar[int]
     message_ids: _containers.RepeatedScalarFieldContainer[str]
     timeout_s: float
-    def __init__(self, message_ids: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+    bodies_by_fd: bool
+    def __init__(self, message_ids: _Optional[_Iterable[str]] = ..., timeout_s: _Optional[float] = ..., bodies_by_fd: _Optional[bool] = ...) -> None: ...
 
 class ReplyHead(_message.Message):
-    __slots__ = ("metadata", "is_error", "error_code", "error_reason", "content_size")
+    __slots__ = ("metadata", "is_error", "error_code", "error_reason", "content_size", "body_ticket")
     METADATA_FIELD_NUMBER: _ClassVar[int]
     IS_ERROR_FIELD_NUMBER: _ClassVar[int]
     ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
     ERROR_REASON_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BODY_TICKET_FIELD_NUMBER: _ClassVar[int]
     metadata: bytes
     is_error: bool
     error_code: int
     error_reason: str
     content_size: int
-    def __init__(self, metadata: _Optional[bytes] = ..., is_error: _Optional[bool] = ..., error_code: _Optional[int] = ..., error_reason: _Optional[str] = ..., content_size: _Optional[int] = ...) -> None: ...
+    body_ticket: int
+    def __init__(self, metadata: _Optional[bytes] = ..., is_error: _Optional[bool] = ..., error_code: _Optional[int] = ..., error_reason: _Optional[str] = ..., content_size: _Optional[int] = ..., body_ticket: _Optional[int] = ...) -> None: ...
 
 class ReceivedChunk(_message.Message):
     __slots__ = ("head", "data")

@@ -174,6 +174,30 @@ class BlobStore:
         on_verified = (lambda: self._remember(sha256, version)) if verify else None
         return _iter_file(src, sha256, chunk_size, verify, on_verified)
 
+    def open_fd(self, sha256: str) -> int:
+        """Open a blob read-only and return the descriptor (the caller closes it).
+
+        The bytes are hashed first unless the store already knows this version of
+        the file (see the module's guarantees), so the descriptor reads verified bytes.
+
+        Raises:
+            InvalidArgument: ``sha256`` is not a SHA-256 hex digest.
+            BlobNotFound: no such blob.
+            BlobError: the file system failed or the bytes do not match the name.
+        """
+        fd = self._open(sha256)
+        try:
+            version = _version(os.fstat(fd))
+            if not self._is_verified(sha256, version):
+                with os.fdopen(os.dup(fd), "rb") as src:
+                    for _ in _iter_file(src, sha256, DEFAULT_CHUNK_BYTES, True, None):
+                        pass
+                self._remember(sha256, version)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _remember(self, sha256: str, version: _Version) -> None:
         with self._verified_lock:
             self._verified[sha256] = version

@@ -4,12 +4,15 @@ Every call is authenticated by the run's secret token (``gh-run-token`` metadata
 and confined to that run: messages it pushes are stamped with its run id and the
 server as source; it can only receive replies of its own run. Replies stream back
 the moment they are stored (the run's :class:`ReplySignal` wakes the stream), one
-at a time, each read from the blob store in chunks.
+at a time. A body goes as an open blob file over the run's body socket when the
+ServerApp asks for that (see :mod:`appliance.superlink.body_fds`), otherwise read
+from the blob store in chunks.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,6 +25,7 @@ from appliance.proto import appio_pb2_grpc
 from appliance.state import BlobRef, State, StoredMessage
 from appliance.strategy.checkpoint import METRICS, check_artifact_name
 from appliance.superlink.appio_grid import TOKEN_HEADER
+from appliance.superlink.body_fds import BodySender
 from appliance.superlink.hub import Hub
 from appliance.superlink.privacy import PrivacyTracker
 from appliance.superlink.runs import RunLauncher
@@ -123,12 +127,13 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         remaining = set(request.message_ids)
         deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
         signal = self._hub.replies(run_id)
+        bodies = self._launcher.body_sender(run_id) if request.bodies_by_fd else None
         while remaining and context.is_active():
             version = signal.version
             streamed: list[str] = []
             try:
                 for reply in self._state.replies_for(run_id, remaining):
-                    yield from self._stream_reply(reply)
+                    yield from self._stream_reply(reply, bodies)
                     streamed.append(reply.message_id)
                     remaining.discard(reply.reply_to_message_id)
             finally:  # one transaction for the replies that went out whole
@@ -145,7 +150,9 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
                 return
             signal.wait_past(version, wait)
 
-    def _stream_reply(self, reply: StoredMessage) -> Iterator[pb.ReceivedChunk]:
+    def _stream_reply(
+        self, reply: StoredMessage, bodies: BodySender | None
+    ) -> Iterator[pb.ReceivedChunk]:
         head = pb.ReplyHead(metadata=encode_metadata(reply.metadata()))
         if reply.error_code is not None:
             head.is_error = True
@@ -154,8 +161,14 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
             yield pb.ReceivedChunk(head=head)
             return
         head.content_size = reply.content.size if reply.content else 0
+        if bodies is not None and reply.content is not None:
+            fd = self._state.blobs.open_fd(reply.content.sha256)
+            try:
+                head.body_ticket = bodies.send(fd) or 0
+            finally:
+                os.close(fd)
         yield pb.ReceivedChunk(head=head)
-        if reply.content is not None:
+        if reply.content is not None and not head.body_ticket:
             for chunk in self._state.blobs.open_chunks(reply.content.sha256):
                 yield pb.ReceivedChunk(data=chunk)
 

@@ -3,7 +3,9 @@
 Content shared by several messages (FedAvg sends one model to every node) is
 encoded and uploaded once, then referenced by each message, so pushing a round costs
 one model upload, not one per node. Replies are yielded as the SuperLink streams
-them, each decoded from one buffer: the ServerApp holds one reply at a time.
+them, each decoded from one buffer: the ServerApp holds one reply at a time. Given
+the run's body socket, the grid asks for bodies as open files and reads each with
+one call (see :mod:`appliance.superlink.body_fds`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ from appliance.message import SERVER_NODE_ID, Error, Message
 from appliance.proto import appio_pb2 as pb
 from appliance.proto.appio_pb2_grpc import AppIoStub
 from appliance.records import RecordDict
-from appliance.transport import Assembler, iter_chunks
+from appliance.superlink.body_fds import BodyReceiver, read_body
+from appliance.transport import Assembler, TransportError, iter_chunks
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
 
 __all__ = ["TOKEN_HEADER", "AppIoGrid"]
@@ -42,10 +45,18 @@ class _ArtifactSink:
 class AppIoGrid(Grid):
     """A :class:`Grid` backed by the SuperLink's AppIo API."""
 
-    def __init__(self, channel: grpc.Channel, token: str, *, max_reply_bytes: int) -> None:
+    def __init__(
+        self,
+        channel: grpc.Channel,
+        token: str,
+        *,
+        max_reply_bytes: int,
+        bodies: BodyReceiver | None = None,
+    ) -> None:
         self._stub = AppIoStub(channel)
         self._auth = ((TOKEN_HEADER, token),)
         self._max_reply_bytes = max_reply_bytes
+        self._bodies = bodies
         run = self._stub.GetRun(pb.GetRunRequest(), metadata=self._auth)
         self._run_id = run.run_id
         self.run_config_json = run.run_config_json
@@ -105,7 +116,11 @@ class AppIoGrid(Grid):
         ids = list(message_ids)
         if not ids:
             return
-        request = pb.ReceiveRequest(message_ids=ids, timeout_s=-1.0 if timeout is None else timeout)
+        request = pb.ReceiveRequest(
+            message_ids=ids,
+            timeout_s=-1.0 if timeout is None else timeout,
+            bodies_by_fd=self._bodies is not None,
+        )
         stream = self._stub.Receive(request, metadata=self._auth)
         head: pb.ReplyHead | None = None
         assembler: Assembler | None = None
@@ -115,16 +130,28 @@ class AppIoGrid(Grid):
                     yield self._finish(head, assembler)
                 head = chunk.head
                 assembler = (
-                    None if head.is_error else Assembler(head.content_size, self._max_reply_bytes)
+                    None
+                    if head.is_error or head.body_ticket
+                    else Assembler(head.content_size, self._max_reply_bytes)
                 )
             elif assembler is not None:
                 assembler.add(chunk.data)
+            else:
+                raise GridError("the SuperLink sent reply data where none was due")
         if head is not None:
             yield self._finish(head, assembler)
 
-    @staticmethod
-    def _finish(head: pb.ReplyHead, assembler: Assembler | None) -> Message:
+    def _finish(self, head: pb.ReplyHead, assembler: Assembler | None) -> Message:
         metadata = decode_metadata(head.metadata)
-        if assembler is None:
+        if head.is_error:
             return Message.from_parts(metadata, Error(head.error_code, head.error_reason))
-        return Message.from_parts(metadata, decode_record_dict(assembler.finish()))
+        if assembler is not None:
+            return Message.from_parts(metadata, decode_record_dict(assembler.finish()))
+        if self._bodies is None:
+            raise GridError("the SuperLink sent a reply body as a file this grid did not ask for")
+        if head.content_size > self._max_reply_bytes:
+            raise TransportError(
+                f"body of {head.content_size} bytes exceeds the limit of {self._max_reply_bytes}"
+            )
+        body = read_body(self._bodies.take(head.body_ticket), head.content_size)
+        return Message.from_parts(metadata, decode_record_dict(body))

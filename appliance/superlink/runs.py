@@ -32,6 +32,7 @@ from appliance.bundle import extract_bundle
 from appliance.logs import get_logger
 from appliance.process_env import scrubbed_env
 from appliance.state import AuditActor, InvalidTransition, LogStream, RunStatus, State
+from appliance.superlink.body_fds import ENV_BODY_SOCKET, BodySender, body_socket_pair
 from appliance.superlink.hub import Hub
 from appliance.superlink.serverapp_process import ENV_ADDRESS, ENV_MAX_REPLY_BYTES, ENV_TOKEN
 
@@ -50,6 +51,7 @@ class _Process:
     token_digest: bytes
     popen: subprocess.Popen[bytes]
     directory: Path
+    bodies: BodySender
     outcome: tuple[bool, str] | None = None  # (failed, reason) as reported via Finish
     stop_reason: str | None = None
     stop_actor: AuditActor | None = None
@@ -112,25 +114,35 @@ class RunLauncher:
         data = b"".join(self._state.open_bundle(run.bundle_sha256))
         app_dir = extract_bundle(data, directory / "app", expected_sha256=run.bundle_sha256)
         token = secrets.token_urlsafe(32)
+        own_end, child_end = body_socket_pair()
         env = scrubbed_env(
             {
                 ENV_ADDRESS: self._appio_address,
                 ENV_TOKEN: token,
                 ENV_MAX_REPLY_BYTES: str(self._max_message_bytes),
+                ENV_BODY_SOCKET: str(child_end.fileno()),
                 "PYTHONUNBUFFERED": "1",
             }
         )
         self._state.transition_run(run_id, RunStatus.STARTING)
-        popen = subprocess.Popen(  # noqa: S603 -- fixed interpreter and module
-            [sys.executable, "-m", "appliance.superlink.serverapp_process", str(app_dir)],
-            env=env,
-            cwd=directory,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
+        with child_end:
+            popen = subprocess.Popen(  # noqa: S603 -- fixed interpreter and module
+                [sys.executable, "-m", "appliance.superlink.serverapp_process", str(app_dir)],
+                env=env,
+                cwd=directory,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                pass_fds=(child_end.fileno(),),
+            )
+        process = _Process(
+            run_id,
+            hashlib.sha256(token.encode()).digest(),
+            popen,
+            directory,
+            BodySender(own_end),
         )
-        process = _Process(run_id, hashlib.sha256(token.encode()).digest(), popen, directory)
         with self._lock:
             self._processes[run_id] = process
             process.shutdown_reason = self._shutdown_reason  # a shutdown raced the start
@@ -148,6 +160,12 @@ class RunLauncher:
         thread = threading.Thread(target=target, args=args, daemon=True)  # type: ignore[arg-type]
         process.threads.append(thread)
         thread.start()
+
+    def body_sender(self, run_id: int) -> BodySender | None:
+        """Where the run's reply bodies go as open files (None once its ServerApp ended)."""
+        with self._lock:
+            process = self._processes.get(run_id)
+        return None if process is None else process.bodies
 
     def mark_running(self, run_id: int) -> None:
         """The ServerApp connected (starting -> running); idempotent."""
@@ -234,6 +252,7 @@ class RunLauncher:
             _log.warning("run already settled", run_id=process.run_id, error=str(exc))
         with self._lock:
             self._processes.pop(process.run_id, None)
+        process.bodies.close()
         try:
             released = self._state.release_run_bodies(process.run_id)
             _log.info("run bodies released", run_id=process.run_id, blobs=len(released))

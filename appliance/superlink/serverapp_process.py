@@ -1,10 +1,11 @@
 """Entry point of the per-run ServerApp subprocess the SuperLink starts.
 
 ``python -m appliance.superlink.serverapp_process APP_DIR``, with the AppIo address,
-the run's secret token and the reply size limit in the environment (never on the
-command line, where other local users could read them). It loads the ServerApp from
-the extracted bundle, runs it against an :class:`AppIoGrid`, and reports the outcome
-with ``Finish``; its stdout and stderr become the run's log.
+the run's secret token, the reply size limit and the inherited body socket in the
+environment (never on the command line, where other local users could read them).
+It loads the ServerApp from the extracted bundle, runs it against an
+:class:`AppIoGrid`, and reports the outcome with ``Finish``; its stdout and stderr
+become the run's log.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from appliance.proto import appio_pb2 as pb
 from appliance.proto.appio_pb2_grpc import AppIoStub
 from appliance.serverapp import ServerApp
 from appliance.superlink.appio_grid import TOKEN_HEADER, AppIoGrid
+from appliance.superlink.body_fds import ENV_BODY_SOCKET, BodyReceiver
 
 ENV_ADDRESS = "GREENHOUSE_APPIO_ADDRESS"
 ENV_TOKEN = "GREENHOUSE_RUN_TOKEN"  # noqa: S105 -- a variable name, not a secret
@@ -43,10 +45,12 @@ def main(argv: list[str]) -> int:
     address = os.environ[ENV_ADDRESS]
     token = os.environ.pop(ENV_TOKEN)
     max_bytes = int(os.environ.get(ENV_MAX_REPLY_BYTES, str(2**31)))
+    body_socket = os.environ.pop(ENV_BODY_SOCKET, "")
+    bodies = BodyReceiver.from_fd(int(body_socket)) if body_socket.isdigit() else None
     options = [("grpc.max_receive_message_length", 8 * 2**20)]
     with grpc.insecure_channel(address, options=options) as channel:
         try:
-            grid = AppIoGrid(channel, token, max_reply_bytes=max_bytes)
+            grid = AppIoGrid(channel, token, max_reply_bytes=max_bytes, bodies=bodies)
             spec = load_app_spec(app_dir)
             server_app = load_component(spec, spec.serverapp, ServerApp)
             context = Context(

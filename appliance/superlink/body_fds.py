@@ -1,0 +1,164 @@
+"""Handing reply bodies to a run's ServerApp as open files, not as bytes.
+
+A reply body is already a file in the SuperLink's blob store. Streaming it to the
+ServerApp over the AppIo channel means reading it, cutting it into gRPC messages and
+reassembling it on the other side: measured, a tenth of a second of CPU per round at
+10 nodes x 4 MB. Instead the SuperLink opens the blob read-only and passes the open
+descriptor (``SCM_RIGHTS``) over a Unix socket pair made for the run when its
+ServerApp was started; the ServerApp reads the body with one ``preadv``.
+
+The socket pair is the authentication: only the run's own ServerApp holds the other
+end, so a descriptor cannot reach another run. Each descriptor travels with a ticket
+(an 8-byte counter); the AppIo reply head names the ticket, which lets several
+concurrent ``Receive`` streams share one socket. A descriptor grants reading one
+content-addressed file, nothing more: the ServerApp checks its size against the head
+and the SuperLink hashed the bytes when it stored them.
+
+When a descriptor cannot be sent (the socket is full or closed), the caller streams
+the bytes as before: this is a fast path, never the only path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import select
+import socket
+import struct
+import threading
+import time
+from collections import OrderedDict
+
+from appliance.transport import TransportError
+
+__all__ = ["ENV_BODY_SOCKET", "BodyReceiver", "BodySender", "body_socket_pair", "read_body"]
+
+#: The environment variable naming the ServerApp's end of the pair (a descriptor number).
+ENV_BODY_SOCKET = "GREENHOUSE_BODY_SOCKET"
+_TICKET = struct.Struct(">Q")
+#: Descriptors received but not yet claimed that a receiver keeps (oldest closed first).
+_STASH_LIMIT = 256
+
+
+def body_socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A connected ``SOCK_SEQPACKET`` pair: (the SuperLink's end, the ServerApp's end).
+
+    The ServerApp's end is inheritable, to be passed with ``pass_fds``; the
+    SuperLink's end never blocks.
+    """
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    parent.setblocking(False)
+    child.set_inheritable(True)
+    return parent, child
+
+
+class BodySender:
+    """The SuperLink's end: sends open files, each with a fresh ticket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._tickets = itertools.count(1)
+        self._closed = False
+
+    def send(self, fd: int) -> int | None:
+        """Pass ``fd`` to the ServerApp; its ticket, or None if it could not be sent.
+
+        The caller keeps (and closes) its own ``fd``. None means: the ServerApp's
+        queue is full or it has gone; send the bytes another way.
+        """
+        if self._closed:
+            return None
+        ticket = next(self._tickets)
+        try:
+            socket.send_fds(self._sock, [_TICKET.pack(ticket)], [fd])
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError:  # the ServerApp closed its end (it exited)
+            self._closed = True
+            return None
+        return ticket
+
+    def close(self) -> None:
+        """Close the SuperLink's end."""
+        self._closed = True
+        self._sock.close()
+
+
+class BodyReceiver:
+    """The ServerApp's end: claims descriptors by ticket (thread-safe)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+        self._lock = threading.Lock()
+        self._stash: OrderedDict[int, int] = OrderedDict()
+
+    @classmethod
+    def from_fd(cls, fd: int) -> BodyReceiver:
+        """Wrap an inherited descriptor (see :data:`ENV_BODY_SOCKET`)."""
+        return cls(socket.socket(fileno=fd))
+
+    def take(self, ticket: int, timeout_s: float = 30.0) -> int:
+        """The descriptor sent with ``ticket``; the caller owns (and closes) it.
+
+        The SuperLink sends a descriptor before the head that names it, so it is
+        normally waiting already.
+
+        Raises:
+            TransportError: it did not arrive within ``timeout_s``, or the socket
+                closed or carried something that is not one ticket and one descriptor.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while ticket not in self._stash:
+                remaining = deadline - time.monotonic()
+                readable, _, _ = select.select([self._sock], [], [], max(remaining, 0.0))
+                if not readable:
+                    raise TransportError(f"reply body {ticket} did not arrive")
+                got, fd = self._receive_one()
+                self._stash[got] = fd
+                while len(self._stash) > _STASH_LIMIT:
+                    os.close(self._stash.popitem(last=False)[1])
+            return self._stash.pop(ticket)
+
+    def _receive_one(self) -> tuple[int, int]:
+        data, fds, flags, _ = socket.recv_fds(self._sock, _TICKET.size + 1, 1)
+        if len(data) == _TICKET.size and len(fds) == 1 and not flags & socket.MSG_CTRUNC:
+            return _TICKET.unpack(data)[0], fds[0]
+        for fd in fds:
+            os.close(fd)
+        if not data and not fds:
+            raise TransportError("the SuperLink closed the reply body socket")
+        raise TransportError("malformed reply body message on the body socket")
+
+    def close(self) -> None:
+        """Close the socket and every unclaimed descriptor."""
+        with self._lock:
+            while self._stash:
+                os.close(self._stash.popitem()[1])
+            self._sock.close()
+
+
+def read_body(fd: int, size: int) -> bytearray:
+    """The ``size`` bytes of the file ``fd`` (closed afterwards), in a new buffer.
+
+    Raises:
+        TransportError: the file is not exactly ``size`` bytes long.
+    """
+    try:
+        actual = os.fstat(fd).st_size
+        if actual != size:
+            raise TransportError(f"reply body file is {actual} bytes, its head declared {size}")
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < size:
+            got = os.preadv(fd, [view[filled:]], filled)
+            if got == 0:
+                raise TransportError(f"reply body file ended after {filled} of {size} bytes")
+            filled += got
+        view.release()
+        return buffer
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(fd)
