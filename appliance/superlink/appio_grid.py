@@ -10,6 +10,7 @@ one call (see :mod:`appliance.superlink.body_fds`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Iterator
 
 import grpc
@@ -149,9 +150,11 @@ class AppIoGrid(Grid):
             return Message.from_parts(metadata, decode_record_dict(assembler.finish()))
         if self._bodies is None:
             raise GridError("the SuperLink sent a reply body as a file this grid did not ask for")
+        fd = self._bodies.take(head.body_ticket)
         if head.content_size > self._max_reply_bytes:
+            os.close(fd)
             raise TransportError(
                 f"body of {head.content_size} bytes exceeds the limit of {self._max_reply_bytes}"
             )
-        body = read_body(self._bodies.take(head.body_ticket), head.content_size)
+        body = read_body(fd, head.content_size)
         return Message.from_parts(metadata, decode_record_dict(body))

@@ -21,6 +21,7 @@ the bytes as before: this is a fast path, never the only path.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import select
@@ -39,6 +40,9 @@ ENV_BODY_SOCKET = "GREENHOUSE_BODY_SOCKET"
 _TICKET = struct.Struct(">Q")
 #: Descriptors received but not yet claimed that a receiver keeps (oldest closed first).
 _STASH_LIMIT = 256
+#: Errors of ``send`` that mean the other end is gone for good (others pass, such as
+#: ETOOMANYREFS while too many descriptors wait unread in sockets).
+_PEER_GONE = frozenset({errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN, errno.EBADF})
 
 
 def body_socket_pair() -> tuple[socket.socket, socket.socket]:
@@ -72,11 +76,10 @@ class BodySender:
         ticket = next(self._tickets)
         try:
             socket.send_fds(self._sock, [_TICKET.pack(ticket)], [fd])
-        except (BlockingIOError, InterruptedError):
-            return None
-        except OSError:  # the ServerApp closed its end (it exited)
-            self._closed = True
-            return None
+        except OSError as exc:
+            if exc.errno in _PEER_GONE:  # the ServerApp closed its end (it exited)
+                self._closed = True
+            return None  # full for now: this body streams
         return ticket
 
     def close(self) -> None:
@@ -89,8 +92,11 @@ class BodyReceiver:
     """The ServerApp's end: claims descriptors by ticket (thread-safe)."""
 
     def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
         self._sock = sock
-        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._reading = False  # one thread waits on the socket; the others on _changed
+        self._eof: TransportError | None = None
         self._stash: OrderedDict[int, int] = OrderedDict()
 
     @classmethod
@@ -109,31 +115,54 @@ class BodyReceiver:
                 closed or carried something that is not one ticket and one descriptor.
         """
         deadline = time.monotonic() + timeout_s
-        with self._lock:
+        with self._changed:
             while ticket not in self._stash:
+                if self._eof is not None:
+                    raise self._eof
                 remaining = deadline - time.monotonic()
-                readable, _, _ = select.select([self._sock], [], [], max(remaining, 0.0))
-                if not readable:
+                if remaining <= 0:
                     raise TransportError(f"reply body {ticket} did not arrive")
-                got, fd = self._receive_one()
-                self._stash[got] = fd
-                while len(self._stash) > _STASH_LIMIT:
-                    os.close(self._stash.popitem(last=False)[1])
+                if self._reading:  # another thread reads the socket and tells us
+                    self._changed.wait(remaining)
+                    continue
+                self._reading = True
+                try:
+                    self._changed.release()
+                    try:
+                        select.select([self._sock], [], [], remaining)
+                    finally:
+                        self._changed.acquire()
+                    self._drain(ticket)
+                finally:
+                    self._reading = False
+                    self._changed.notify_all()
             return self._stash.pop(ticket)
 
-    def _receive_one(self) -> tuple[int, int]:
-        data, fds, flags, _ = socket.recv_fds(self._sock, _TICKET.size + 1, 1)
-        if len(data) == _TICKET.size and len(fds) == 1 and not flags & socket.MSG_CTRUNC:
-            return _TICKET.unpack(data)[0], fds[0]
-        for fd in fds:
-            os.close(fd)
-        if not data and not fds:
-            raise TransportError("the SuperLink closed the reply body socket")
-        raise TransportError("malformed reply body message on the body socket")
+    def _drain(self, wanted: int) -> None:
+        """Stash what waits on the socket, up to ``wanted`` (the caller holds the lock)."""
+        while self._eof is None:
+            try:
+                data, fds, flags, _ = socket.recv_fds(self._sock, _TICKET.size + 1, 1)
+            except BlockingIOError:
+                return
+            if len(data) == _TICKET.size and len(fds) == 1 and not flags & socket.MSG_CTRUNC:
+                ticket = _TICKET.unpack(data)[0]
+                self._stash[ticket] = fds[0]
+                while len(self._stash) > _STASH_LIMIT:
+                    os.close(self._stash.popitem(last=False)[1])
+                if ticket == wanted:
+                    return
+                continue
+            for fd in fds:
+                os.close(fd)
+            if not data and not fds:  # what was queued before is stashed already
+                self._eof = TransportError("the SuperLink closed the reply body socket")
+                return
+            raise TransportError("malformed reply body message on the body socket")
 
     def close(self) -> None:
         """Close the socket and every unclaimed descriptor."""
-        with self._lock:
+        with self._changed:
             while self._stash:
                 os.close(self._stash.popitem()[1])
             self._sock.close()

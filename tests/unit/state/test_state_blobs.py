@@ -247,3 +247,89 @@ def test_state_gc_keeps_what_rows_reference(state, make_run, make_node, request_
     assert set(state.blobs.list_blobs()) == {body.sha256, run.bundle_sha256}
     with pytest.raises(InvalidArgument, match="min_age_s must be >= 0"):
         state.gc_blobs(min_age_s=-1)
+
+
+# -- open_fd: a verified blob as an open file ------------------------------------------------
+
+
+def _open_fds():
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _read_fd(fd, size):
+    data = os.pread(fd, size + 1, 0)
+    os.close(fd)
+    return data
+
+
+def test_open_fd_reads_the_blob_bytes(store):
+    data = os.urandom(2 * MIB + 3)
+    ref = store.put_bytes(data)
+    fd = store.open_fd(ref.sha256)
+    try:
+        assert os.fstat(fd).st_size == len(data)
+        assert os.lseek(fd, 0, os.SEEK_CUR) == 0
+        with pytest.raises(OSError, match="Bad file descriptor"):  # read-only
+            os.write(fd, b"x")
+    except BaseException:
+        os.close(fd)
+        raise
+    assert _read_fd(fd, len(data)) == data
+
+
+def test_open_fd_of_a_missing_or_misnamed_blob(store):
+    before = _open_fds()
+    with pytest.raises(BlobNotFound, match=f"blob {'ab' * 32} not found"):
+        store.open_fd("ab" * 32)
+    with pytest.raises(InvalidArgument):
+        store.open_fd("../etc/passwd")
+    assert _open_fds() == before
+
+
+def test_open_fd_refuses_a_blob_corrupted_before_a_restart(tmp_path):
+    first = BlobStore(tmp_path / "blobs")
+    ref = first.put_bytes(b"the real model weights")
+    (first.directory / ref.sha256).write_bytes(b"some forged weights!!!")  # same size
+    fresh = BlobStore(tmp_path / "blobs")  # a restarted SuperLink: nothing known
+    before = _open_fds()
+    with pytest.raises(BlobError, match="is corrupt"):
+        fresh.open_fd(ref.sha256)
+    assert _open_fds() == before  # neither the descriptor nor its duplicate leaks
+    with pytest.raises(BlobError, match="is corrupt"):
+        fresh.open_fd(ref.sha256)  # a failed check is not remembered
+
+
+def test_open_fd_hashes_a_fresh_store_s_blob_once(tmp_path, monkeypatch):
+    ref = BlobStore(tmp_path / "blobs").put_bytes(b"y" * MIB)
+    fresh = BlobStore(tmp_path / "blobs")
+    calls = _count_hashing(monkeypatch)
+    assert _read_fd(fresh.open_fd(ref.sha256), MIB) == b"y" * MIB
+    assert _read_fd(fresh.open_fd(ref.sha256), MIB) == b"y" * MIB
+    assert calls == [MIB]  # the first open verified it, the second trusted that
+    assert fresh.read_bytes(ref.sha256) == b"y" * MIB
+    assert calls == [MIB, 0]  # and streaming trusts it too
+
+
+def test_open_fd_does_not_hash_what_the_store_wrote(store, monkeypatch):
+    ref = store.put_bytes(b"z" * MIB)
+    calls = _count_hashing(monkeypatch)
+    for _ in range(3):
+        assert _read_fd(store.open_fd(ref.sha256), MIB) == b"z" * MIB
+    assert calls == []  # never hashed: the store hashed the bytes as it wrote them
+
+
+def test_open_fd_hashes_a_new_file_version_again(store, monkeypatch):
+    ref = store.put_bytes(b"w" * MIB)
+    time.sleep(0.05)  # past the file system's timestamp granularity
+    os.utime(store.directory / ref.sha256)  # a touch: same bytes, a new version
+    calls = _count_hashing(monkeypatch)
+    assert _read_fd(store.open_fd(ref.sha256), MIB) == b"w" * MIB
+    assert calls == [MIB]
+    time.sleep(0.05)
+    with open(store.directory / ref.sha256, "r+b") as file:  # same inode, same size
+        file.write(b"tampered")
+    before = _open_fds()
+    with pytest.raises(BlobError, match="is corrupt"):
+        store.open_fd(ref.sha256)
+    assert calls == [MIB, MIB]
+    assert _open_fds() == before
