@@ -1142,6 +1142,11 @@ def main(argv: list[str]) -> int:
                                 f" FedAvg ({plain_s:.3f} s) in this run",
                                 flush=True,
                             )
+                            spent = ", ".join(
+                                f"{kind} {seconds:.3f}"
+                                for kind, seconds in secure.cpu_per_round.items()
+                            )
+                            print(f"    SecAgg+ CPU seconds per round: {spent}", flush=True)
                     if not args.no_raw:
                         print(f"{label}: raw gRPC ...", flush=True)
                         kwargs = {

@@ -28,7 +28,7 @@ import numpy.typing as npt
 from appliance.grid import Grid
 from appliance.logs import get_logger
 from appliance.message import Message
-from appliance.records import ArrayRecord, MetricRecord
+from appliance.records import ArrayRecord, MetricRecord, RecordDict
 from appliance.secure_aggregation import SecureRoundResult
 from secagg.codec import MESSAGE_TYPES, TrainSpec, decode_reply, encode_request, encode_setup
 from secagg.crypto import Rng
@@ -209,15 +209,23 @@ class SecAggPlus:
         timeout: float,
         failures: dict[int, str],
     ) -> npt.NDArray[Any]:
-        outgoing = [
-            grid.create_message(
-                encode_setup(request, spec, by_node[request.receiver].content),
-                MESSAGE_TYPES[Stage.SETUP],
-                request.receiver,
-                group_id=by_node[request.receiver].metadata.group_id,
+        # One SETUP content for every node sent the same train content: the grid then
+        # uploads the model once, not once per node.
+        setups: dict[tuple[int, RoundConfig], RecordDict] = {}
+        outgoing = []
+        for request in server.start():
+            train = by_node[request.receiver]
+            key = (id(train.content), request.config)
+            if key not in setups:
+                setups[key] = encode_setup(request, spec, train.content)
+            outgoing.append(
+                grid.create_message(
+                    setups[key],
+                    MESSAGE_TYPES[Stage.SETUP],
+                    request.receiver,
+                    group_id=train.metadata.group_id,
+                )
             )
-            for request in server.start()
-        ]
         group = {node: m.metadata.group_id for node, m in by_node.items()}
         stage_timeout = timeout if self.stage_timeout_s is None else self.stage_timeout_s
         self._exchange(grid, server, outgoing, timeout, failures)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61ppliance/proto/appio.proto\x12\x13greenhouse.appio.v1\"7\n\rArtifactChunk\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"3\n\x13PutArtifactResponse\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x0f\n\rGetRunRequest\"P\n\x0eGetRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x02 \x01(\t\x12\x15\n\rbundle_sha256\x18\x03 \x01(\t\"\x11\n\x0fGetNodesRequest\"$\n\x10GetNodesResponse\x12\x10\n\x08node_ids\x18\x01 \x03(\x04\"\x1c\n\x0c\x43ontentChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"8\n\x13PushContentResponse\x12\x13\n\x0b\x63ontent_ref\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"8\n\x0fOutgoingMessage\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ontent_ref\x18\x02 \x01(\t\"M\n\x13PushMessagesRequest\x12\x36\n\x08messages\x18\x01 \x03(\x0b\x32$.greenhouse.appio.v1.OutgoingMessage\"+\n\x14PushMessagesResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"N\n\x0eReceiveRequest\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\x12\x14\n\x0c\x62odies_by_fd\x18\x03 \x01(\x08\"\x84\x01\n\tReplyHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x10\n\x08is_error\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x12\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x13\n\x0b\x62ody_ticket\x18\x06 \x01(\x04\"W\n\rReceivedChunk\x12.\n\x04head\x18\x01 \x01(\x0b\x32\x1e.greenhouse.appio.v1.ReplyHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\rFinishRequest\x12\x0e\n\x06\x66\x61iled\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x10\n\x0e\x46inishResponse2\xfe\x04\n\x05\x41ppIo\x12Q\n\x06GetRun\x12\".greenhouse.appio.v1.GetRunRequest\x1a#.greenhouse.appio.v1.GetRunResponse\x12W\n\x08GetNodes\x12$.greenhouse.appio.v1.GetNodesRequest\x1a%.greenhouse.appio.v1.GetNodesResponse\x12\\\n\x0bPushContent\x12!.greenhouse.appio.v1.ContentChunk\x1a(.greenhouse.appio.v1.PushContentResponse(\x01\x12\x63\n\x0cPushMessages\x12(.greenhouse.appio.v1.PushMessagesRequest\x1a).greenhouse.appio.v1.PushMessagesResponse\x12T\n\x07Receive\x12#.greenhouse.appio.v1.ReceiveRequest\x1a\".greenhouse.appio.v1.ReceivedChunk0\x01\x12Q\n\x06\x46inish\x12\".greenhouse.appio.v1.FinishRequest\x1a#.greenhouse.appio.v1.FinishResponse\x12]\n\x0bPutArtifact\x12\".greenhouse.appio.v1.ArtifactChunk\x1a(.greenhouse.appio.v1.PutArtifactResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61ppliance/proto/appio.proto\x12\x13greenhouse.appio.v1\"7\n\rArtifactChunk\x12\x0e\n\x04name\x18\x01 \x01(\tH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"3\n\x13PutArtifactResponse\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"\x0f\n\rGetRunRequest\"P\n\x0eGetRunResponse\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x17\n\x0frun_config_json\x18\x02 \x01(\t\x12\x15\n\rbundle_sha256\x18\x03 \x01(\t\"\x11\n\x0fGetNodesRequest\"$\n\x10GetNodesResponse\x12\x10\n\x08node_ids\x18\x01 \x03(\x04\"\x1c\n\x0c\x43ontentChunk\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"8\n\x13PushContentResponse\x12\x13\n\x0b\x63ontent_ref\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"I\n\x0fOutgoingMessage\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x13\n\x0b\x63ontent_ref\x18\x02 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x03 \x01(\x0c\"M\n\x13PushMessagesRequest\x12\x36\n\x08messages\x18\x01 \x03(\x0b\x32$.greenhouse.appio.v1.OutgoingMessage\"+\n\x14PushMessagesResponse\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\"N\n\x0eReceiveRequest\x12\x13\n\x0bmessage_ids\x18\x01 \x03(\t\x12\x11\n\ttimeout_s\x18\x02 \x01(\x01\x12\x14\n\x0c\x62odies_by_fd\x18\x03 \x01(\x08\"\x84\x01\n\tReplyHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x10\n\x08is_error\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x12\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x13\n\x0b\x62ody_ticket\x18\x06 \x01(\x04\"W\n\rReceivedChunk\x12.\n\x04head\x18\x01 \x01(\x0b\x32\x1e.greenhouse.appio.v1.ReplyHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"/\n\rFinishRequest\x12\x0e\n\x06\x66\x61iled\x18\x01 \x01(\x08\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x10\n\x0e\x46inishResponse2\xfe\x04\n\x05\x41ppIo\x12Q\n\x06GetRun\x12\".greenhouse.appio.v1.GetRunRequest\x1a#.greenhouse.appio.v1.GetRunResponse\x12W\n\x08GetNodes\x12$.greenhouse.appio.v1.GetNodesRequest\x1a%.greenhouse.appio.v1.GetNodesResponse\x12\\\n\x0bPushContent\x12!.greenhouse.appio.v1.ContentChunk\x1a(.greenhouse.appio.v1.PushContentResponse(\x01\x12\x63\n\x0cPushMessages\x12(.greenhouse.appio.v1.PushMessagesRequest\x1a).greenhouse.appio.v1.PushMessagesResponse\x12T\n\x07Receive\x12#.greenhouse.appio.v1.ReceiveRequest\x1a\".greenhouse.appio.v1.ReceivedChunk0\x01\x12Q\n\x06\x46inish\x12\".greenhouse.appio.v1.FinishRequest\x1a#.greenhouse.appio.v1.FinishResponse\x12]\n\x0bPutArtifact\x12\".greenhouse.appio.v1.ArtifactChunk\x1a(.greenhouse.appio.v1.PutArtifactResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -48,21 +48,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PUSHCONTENTRESPONSE']._serialized_start=348
   _globals['_PUSHCONTENTRESPONSE']._serialized_end=404
   _globals['_OUTGOINGMESSAGE']._serialized_start=406
-  _globals['_OUTGOINGMESSAGE']._serialized_end=462
-  _globals['_PUSHMESSAGESREQUEST']._serialized_start=464
-  _globals['_PUSHMESSAGESREQUEST']._serialized_end=541
-  _globals['_PUSHMESSAGESRESPONSE']._serialized_start=543
-  _globals['_PUSHMESSAGESRESPONSE']._serialized_end=586
-  _globals['_RECEIVEREQUEST']._serialized_start=588
-  _globals['_RECEIVEREQUEST']._serialized_end=666
-  _globals['_REPLYHEAD']._serialized_start=669
-  _globals['_REPLYHEAD']._serialized_end=801
-  _globals['_RECEIVEDCHUNK']._serialized_start=803
-  _globals['_RECEIVEDCHUNK']._serialized_end=890
-  _globals['_FINISHREQUEST']._serialized_start=892
-  _globals['_FINISHREQUEST']._serialized_end=939
-  _globals['_FINISHRESPONSE']._serialized_start=941
-  _globals['_FINISHRESPONSE']._serialized_end=957
-  _globals['_APPIO']._serialized_start=960
-  _globals['_APPIO']._serialized_end=1598
+  _globals['_OUTGOINGMESSAGE']._serialized_end=479
+  _globals['_PUSHMESSAGESREQUEST']._serialized_start=481
+  _globals['_PUSHMESSAGESREQUEST']._serialized_end=558
+  _globals['_PUSHMESSAGESRESPONSE']._serialized_start=560
+  _globals['_PUSHMESSAGESRESPONSE']._serialized_end=603
+  _globals['_RECEIVEREQUEST']._serialized_start=605
+  _globals['_RECEIVEREQUEST']._serialized_end=683
+  _globals['_REPLYHEAD']._serialized_start=686
+  _globals['_REPLYHEAD']._serialized_end=818
+  _globals['_RECEIVEDCHUNK']._serialized_start=820
+  _globals['_RECEIVEDCHUNK']._serialized_end=907
+  _globals['_FINISHREQUEST']._serialized_start=909
+  _globals['_FINISHREQUEST']._serialized_end=956
+  _globals['_FINISHRESPONSE']._serialized_start=958
+  _globals['_FINISHRESPONSE']._serialized_end=974
+  _globals['_APPIO']._serialized_start=977
+  _globals['_APPIO']._serialized_end=1615
 # @@protoc_insertion_point(module_scope)

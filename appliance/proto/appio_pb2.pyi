@@ -61,12 +61,14 @@ class PushContentResponse(_message.Message):
     def __init__(self, content_ref: _Optional[str] = ..., size: _Optional[int] = ...) -> None: ...
 
 class OutgoingMessage(_message.Message):
-    __slots__ = ("metadata", "content_ref")
+    __slots__ = ("metadata", "content_ref", "content")
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CONTENT_REF_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
     metadata: bytes
     content_ref: str
-    def __init__(self, metadata: _Optional[bytes] = ..., content_ref: _Optional[str] = ...) -> None: ...
+    content: bytes
+    def __init__(self, metadata: _Optional[bytes] = ..., content_ref: _Optional[str] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class PushMessagesRequest(_message.Message):
     __slots__ = ("messages",)

@@ -35,6 +35,8 @@ __all__ = ["AppIoServicer"]
 
 #: Longest single wait inside a Receive stream before re-checking the caller.
 _WAIT_SLICE_S = 1.0
+#: Most replies a Receive stream sends before marking them delivered.
+_MARK_BATCH = 256
 #: Largest metrics document read for round progress (bigger ones are only stored).
 _MAX_METRICS_BYTES = 4 * 2**20
 
@@ -107,10 +109,19 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
                     f"message {meta.message_id} is not a request of run {run_id}",
                 )
             content = None
+            if outgoing.content_ref and outgoing.content:
+                context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"message {meta.message_id} has both a content reference and inline content",
+                )
             if ref := outgoing.content_ref:
                 if ref not in sizes:
                     sizes[ref] = self._state.blobs.size(ref)
                 content = BlobRef(sha256=ref, size=sizes[ref])
+            elif outgoing.content:
+                content = self._state.blobs.put_stream(
+                    [outgoing.content], max_bytes=self._max_message_bytes, durable=False
+                )
             items.append((meta, content))
         stored = self._state.queue_messages(items)  # one transaction: all or none
         for message in stored:
@@ -128,27 +139,32 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         deadline = None if request.timeout_s < 0 else time.monotonic() + request.timeout_s
         signal = self._hub.replies(run_id)
         bodies = self._launcher.body_sender(run_id) if request.bodies_by_fd else None
-        while remaining and context.is_active():
-            version = signal.version
-            streamed: list[str] = []
-            try:
+        # Replies that went out whole, marked delivered in one transaction when the
+        # stream ends or a wait passes a slice (``remaining`` keeps them from going twice).
+        streamed: list[str] = []
+        try:
+            while remaining and context.is_active():
+                version = signal.version
                 for reply in self._state.replies_for(run_id, remaining):
                     yield from self._stream_reply(reply, bodies)
                     streamed.append(reply.message_id)
                     remaining.discard(reply.reply_to_message_id)
-            finally:  # one transaction for the replies that went out whole
-                if streamed:
+                if not remaining:
+                    return
+                wait = (
+                    _WAIT_SLICE_S
+                    if deadline is None
+                    else min(deadline - time.monotonic(), _WAIT_SLICE_S)
+                )
+                if wait <= 0:
+                    return
+                woken = signal.wait_past(version, wait) != version
+                if streamed and (len(streamed) >= _MARK_BATCH or not woken):
                     self._state.mark_replies_delivered(streamed)
-            if not remaining:
-                return
-            wait = (
-                _WAIT_SLICE_S
-                if deadline is None
-                else min(deadline - time.monotonic(), _WAIT_SLICE_S)
-            )
-            if wait <= 0:
-                return
-            signal.wait_past(version, wait)
+                    streamed.clear()
+        finally:
+            if streamed:
+                self._state.mark_replies_delivered(streamed)
 
     def _stream_reply(
         self, reply: StoredMessage, bodies: BodySender | None

@@ -2,10 +2,12 @@
 
 Content shared by several messages (FedAvg sends one model to every node) is
 encoded and uploaded once, then referenced by each message, so pushing a round costs
-one model upload, not one per node. Replies are yielded as the SuperLink streams
-them, each decoded from one buffer: the ServerApp holds one reply at a time. Given
-the run's body socket, the grid asks for bodies as open files and reads each with
-one call (see :mod:`appliance.superlink.body_fds`).
+one model upload, not one per node. Small contents (SecAgg+'s per-node key shares)
+travel inline in the PushMessages call instead: no upload call each.
+
+Replies are yielded as the SuperLink streams them, each decoded from one buffer: the
+ServerApp holds one reply at a time. Given the run's body socket, the grid asks for
+bodies as open files and reads each with one call (see :mod:`appliance.superlink.body_fds`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,9 @@ from appliance.wire import decode_metadata, decode_record_dict, encode_metadata,
 __all__ = ["TOKEN_HEADER", "AppIoGrid"]
 
 TOKEN_HEADER = "gh-run-token"  # noqa: S105 -- a header name, not a secret
+#: Largest content frame sent inline, and most inline bytes in one PushMessages call.
+INLINE_CONTENT_BYTES = 64 * 1024
+INLINE_BATCH_BYTES = 2 * 1024 * 1024
 
 
 class _ArtifactSink:
@@ -74,15 +79,15 @@ class AppIoGrid(Grid):
     def get_node_ids(self) -> list[int]:
         return list(self._stub.GetNodes(pb.GetNodesRequest(), metadata=self._auth).node_ids)
 
-    def _upload(self, content: RecordDict) -> str:
-        frame = encode_record_dict(content)
+    def _upload(self, frame: bytes) -> str:
         chunks = (pb.ContentChunk(data=chunk) for chunk in iter_chunks(frame))
         return str(self._stub.PushContent(chunks, metadata=self._auth).content_ref)
 
     def push_messages(self, messages: Iterable[Message]) -> list[str]:
         outgoing: list[pb.OutgoingMessage] = []
-        uploaded: dict[int, str] = {}
+        encoded: dict[int, tuple[str, bytes]] = {}  # content id -> (reference, inline frame)
         keep_alive: list[RecordDict] = []  # ids stay unique while the objects live
+        inline_bytes = 0
         for message in messages:
             meta = message.metadata
             if message.has_error() or meta.reply_to_message_id:
@@ -92,13 +97,20 @@ class AppIoGrid(Grid):
                     f"message is for run {meta.run_id}, this grid serves run {self._run_id}"
                 )
             content = message.content
-            if id(content) not in uploaded:
-                uploaded[id(content)] = self._upload(content)
+            if id(content) not in encoded:
+                frame = encode_record_dict(content)
+                small = len(frame) <= INLINE_CONTENT_BYTES
+                if small and inline_bytes + len(frame) <= INLINE_BATCH_BYTES:
+                    encoded[id(content)] = ("", frame)
+                    inline_bytes += len(frame)
+                else:
+                    encoded[id(content)] = (self._upload(frame), b"")
                 keep_alive.append(content)
+            ref, inline = encoded[id(content)]
             stamped = message.with_metadata(run_id=self._run_id, src_node_id=SERVER_NODE_ID)
             outgoing.append(
                 pb.OutgoingMessage(
-                    metadata=encode_metadata(stamped.metadata), content_ref=uploaded[id(content)]
+                    metadata=encode_metadata(stamped.metadata), content_ref=ref, content=inline
                 )
             )
         if not outgoing:

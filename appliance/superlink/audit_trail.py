@@ -42,6 +42,8 @@ __all__ = ["AuditSettings", "SuperLinkAudit", "TreeHead", "actor_of", "sink_for"
 _log = get_logger("appliance.superlink.audit")
 #: Largest consistency proof cache (one entry per (old, new) size pair asked for).
 _PROOF_CACHE = 64
+#: Longest a remembered latest tree head is used without reading the database.
+_LATEST_TTL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,9 @@ class SuperLinkAudit:
         self._last_signed = time.monotonic()
         self._lock = threading.Lock()
         self._proofs: dict[tuple[int, int], tuple[bytes, ...]] = {}
+        self._every = settings.checkpoint_every
+        self._signed = 0  # tree heads signed by sign_now: a new one may exist
+        self._latest: tuple[tuple[int, int], float, TreeHead | None] | None = None
         state.attach_audit(sink_for(self.log))
         _log.info("audit log open", vkey=self.log.verifier_key.encode(), size=self.log.size)
 
@@ -159,6 +164,7 @@ class SuperLinkAudit:
         note = self.log.checkpoint()
         with self._lock:
             self._last_signed = time.monotonic()
+            self._signed += 1
         return TreeHead(size=audit.parse_checkpoint(_text(note)).size, note=note)
 
     def sign_if_due(self) -> None:
@@ -172,10 +178,25 @@ class SuperLinkAudit:
             self.sign_now()
 
     def latest(self) -> TreeHead | None:
-        """The largest stored tree head (also those signed inside appends, every 1000)."""
+        """The largest stored tree head (also those signed inside appends, every 1000).
+
+        Every message a node pulls carries it, so it is remembered until a new one
+        can exist: one signed here, or the log crossing a multiple of
+        ``checkpoint_every``; and read again at least every second (a tree head
+        stored by another writer, such as an archive cut, shows then).
+        """
+        now = time.monotonic()
+        with self._lock:
+            key = (self._signed, self.log.size // self._every)
+            memo = self._latest
+        if memo is not None and memo[0] == key and now - memo[1] < _LATEST_TTL_S:
+            return memo[2]
         with self.log.engine.connect() as conn:
             row = latest_checkpoint(conn, 2**63 - 1)
-        return None if row is None else TreeHead(size=row.tree_size, note=row.note)
+        head = None if row is None else TreeHead(size=row.tree_size, note=row.note)
+        with self._lock:
+            self._latest = (key, now, head)
+        return head
 
     def consistency(self, old_size: int, new_size: int) -> tuple[bytes, ...]:
         """The RFC 9162 proof from ``old_size`` to ``new_size`` (cached per pair)."""
