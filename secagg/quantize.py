@@ -31,6 +31,8 @@ from secagg.primitives.prg import expand_words
 __all__ = ["Quantizer", "SecureMean", "decode_sum", "encode_integers"]
 
 _TWO_32 = float(2**32)
+#: Values quantized per block (float64 work buffer of 512 KiB: stays in cache).
+_BLOCK = 65536
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,30 +88,33 @@ class Quantizer:
         Raises:
             ParameterError: wrong length, or a NaN/infinite value.
         """
-        flat = np.asarray(values, dtype=np.float64).reshape(-1)
+        flat = np.asarray(values).reshape(-1)
         if flat.size != self.num_values + self.num_metrics:
             raise ParameterError(
                 f"input has {flat.size} values, the round expects "
                 f"{self.num_values} + {self.num_metrics} metrics"
             )
-        if not np.isfinite(flat).all():
+        # min and max are NaN if any value is, and infinite if any value is.
+        if flat.size and not (np.isfinite(flat.min()) and np.isfinite(flat.max())):
             raise ParameterError("input holds NaN or infinite values")
         uniform = expand_words(rounding_key, flat.size, np.uint32)
         out = np.empty(flat.size, dtype=np.uint32)
         levels = float(self.levels)
+        work = np.empty(min(flat.size, _BLOCK), dtype=np.float64)
         for start, stop, bound in self._ranges():
-            if start == stop:
-                continue
-            scaled = np.clip(flat[start:stop], -bound, bound)
-            scaled += bound
-            scaled *= levels / (2 * bound)
-            np.clip(scaled, 0.0, levels, out=scaled)
-            low = np.floor(scaled)
-            scaled -= low  # now the fractional part
-            scaled *= _TWO_32
-            up = uniform[start:stop] < scaled
-            low += up
-            out[start:stop] = low
+            scale = levels / (2 * bound)
+            # Block by block, so the passes below run in cache, not in memory.
+            for lo in range(start, stop, _BLOCK):
+                hi = min(lo + _BLOCK, stop)
+                scaled, q = work[: hi - lo], out[lo:hi]
+                np.clip(flat[lo:hi], -bound, bound, out=scaled)
+                scaled += bound
+                scaled *= scale
+                np.clip(scaled, 0.0, levels, out=scaled)
+                np.copyto(q, scaled, casting="unsafe")  # floor: the values are >= 0
+                scaled -= q  # now the fractional part
+                scaled *= _TWO_32
+                q += uniform[lo:hi] < scaled
         return out
 
     def count_clipped(self, values: npt.NDArray[Any]) -> int:
