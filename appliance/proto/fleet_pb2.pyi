@@ -29,14 +29,16 @@ class SubscribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class FleetEvent(_message.Message):
-    __slots__ = ("message", "run_ended", "keepalive")
+    __slots__ = ("message", "run_ended", "keepalive", "delivery")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     RUN_ENDED_FIELD_NUMBER: _ClassVar[int]
     KEEPALIVE_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
     message: MessageAvailable
     run_ended: RunEnded
     keepalive: Keepalive
-    def __init__(self, message: _Optional[_Union[MessageAvailable, _Mapping]] = ..., run_ended: _Optional[_Union[RunEnded, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ...) -> None: ...
+    delivery: MessageDelivery
+    def __init__(self, message: _Optional[_Union[MessageAvailable, _Mapping]] = ..., run_ended: _Optional[_Union[RunEnded, _Mapping]] = ..., keepalive: _Optional[_Union[Keepalive, _Mapping]] = ..., delivery: _Optional[_Union[MessageDelivery, _Mapping]] = ...) -> None: ...
 
 class MessageAvailable(_message.Message):
     __slots__ = ("message_id", "run_id")
@@ -45,6 +47,14 @@ class MessageAvailable(_message.Message):
     message_id: str
     run_id: int
     def __init__(self, message_id: _Optional[str] = ..., run_id: _Optional[int] = ...) -> None: ...
+
+class MessageDelivery(_message.Message):
+    __slots__ = ("head", "content")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    head: MessageHead
+    content: bytes
+    def __init__(self, head: _Optional[_Union[MessageHead, _Mapping]] = ..., content: _Optional[bytes] = ...) -> None: ...
 
 class RunEnded(_message.Message):
     __slots__ = ("run_id", "status")
@@ -81,18 +91,20 @@ class RunContext(_message.Message):
     def __init__(self, run_id: _Optional[int] = ..., bundle_sha256: _Optional[str] = ..., run_config_json: _Optional[str] = ..., bundle_signature: _Optional[bytes] = ...) -> None: ...
 
 class MessageHead(_message.Message):
-    __slots__ = ("metadata", "content_size", "run", "audit_checkpoint", "audit_consistency")
+    __slots__ = ("metadata", "content_size", "run", "audit_checkpoint", "audit_consistency", "audit_proof_from")
     METADATA_FIELD_NUMBER: _ClassVar[int]
     CONTENT_SIZE_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     AUDIT_CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
     AUDIT_CONSISTENCY_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_PROOF_FROM_FIELD_NUMBER: _ClassVar[int]
     metadata: bytes
     content_size: int
     run: RunContext
     audit_checkpoint: str
     audit_consistency: _containers.RepeatedScalarFieldContainer[bytes]
-    def __init__(self, metadata: _Optional[bytes] = ..., content_size: _Optional[int] = ..., run: _Optional[_Union[RunContext, _Mapping]] = ..., audit_checkpoint: _Optional[str] = ..., audit_consistency: _Optional[_Iterable[bytes]] = ...) -> None: ...
+    audit_proof_from: int
+    def __init__(self, metadata: _Optional[bytes] = ..., content_size: _Optional[int] = ..., run: _Optional[_Union[RunContext, _Mapping]] = ..., audit_checkpoint: _Optional[str] = ..., audit_consistency: _Optional[_Iterable[bytes]] = ..., audit_proof_from: _Optional[int] = ...) -> None: ...
 
 class MessageChunk(_message.Message):
     __slots__ = ("head", "data")

@@ -126,7 +126,12 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         stored = self._state.queue_messages(items)  # one transaction: all or none
         for message in stored:
             if self._hub.is_connected(message.dst_node_id):
-                self._hub.notify_message(message.dst_node_id, message.message_id, run_id)
+                self._hub.notify_message(
+                    message.dst_node_id,
+                    message.message_id,
+                    run_id,
+                    content_size=message.content.size if message.content else 0,
+                )
             else:  # answered for the node if it does not come back within the grace period
                 self._on_offline_destination(message.dst_node_id)
         return pb.PushMessagesResponse(message_ids=[m.message_id for m in stored])

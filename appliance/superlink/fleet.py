@@ -3,7 +3,9 @@
 The auth interceptor (``certs.grpc_auth``) has already verified the caller's
 certificate, role, enrolment and request signature; this servicer maps the
 verified identity to its node record and confines the node to its own messages.
-A node is online exactly while its ``Subscribe`` stream is open.
+A node is online exactly while its ``Subscribe`` stream is open. A small message
+(at most :data:`DELIVER_INLINE_BYTES` of content) goes whole on that stream, marked
+delivered as it is sent; a larger one is announced and pulled in chunks.
 
 A reply is admitted only after: its metadata names this node as source and the
 server as destination; its content arrived within the size limit and is a valid
@@ -26,9 +28,9 @@ from appliance.message import SERVER_NODE_ID
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto import fleet_pb2_grpc
 from appliance.receipts import RECEIPT_SIGNATURE_METHOD, Decision, Receipt, RunManifest
-from appliance.state import BlobRef, Enrolment, LogStream, State, StoredReceipt
+from appliance.state import BlobRef, Enrolment, LogStream, State, StoredMessage, StoredReceipt
 from appliance.superlink.audit_trail import SuperLinkAudit, actor_of
-from appliance.superlink.hub import Hub
+from appliance.superlink.hub import Hub, MessageNotice
 from appliance.superlink.runs import BUNDLE_SIGNATURE
 from appliance.transport import REPLY_SIGNATURE_METHOD, reply_digest, witness_key_name
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata
@@ -42,6 +44,8 @@ __all__ = ["FleetServicer"]
 _log = get_logger("appliance.superlink.fleet")
 #: Run contexts kept in memory (a run's context never changes; the memo is cleared when full).
 _RUN_CONTEXTS = 1024
+#: Largest content delivered whole on a node's Subscribe stream instead of pulled.
+DELIVER_INLINE_BYTES = 64 * 1024
 
 #: Called with a node id when its subscription ends (the SuperLink starts its grace timer).
 DisconnectHook = Callable[[int], None]
@@ -76,6 +80,8 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         self._audit = audit
         self._unsafe_unsigned_replies = unsafe_unsigned_replies
         self._run_contexts: dict[int, pb.RunContext] = {}
+        # node id -> the tree size it last asked a proof from or cosigned
+        self._witnessed: dict[int, int] = {}
 
     def _caller(self, context: grpc.ServicerContext) -> tuple[Identity, Enrolment]:
         identity = identity_from_context(context)
@@ -125,41 +131,63 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 )
             while context.is_active() and not inbox.closed.is_set():
                 try:
-                    event = inbox.events.get(timeout=self._keepalive_s)
+                    item = inbox.events.get(timeout=self._keepalive_s)
                 except queue.Empty:
                     self._state.touch_node(node.node_id)
-                    event = pb.FleetEvent(keepalive=pb.Keepalive())
+                    item = pb.FleetEvent(keepalive=pb.Keepalive())
                 if inbox.closed.is_set():
                     break
                 refusal = self._still_admitted(identity)
                 if refusal is not None:
                     _log.warning("node no longer admitted", node=node.name, reason=refusal)
                     context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
-                yield event
+                yield self._event(item, node.node_id) if isinstance(item, MessageNotice) else item
         finally:
             disconnect()
+
+    def _event(self, notice: MessageNotice, node_id: int) -> pb.FleetEvent:
+        """A small message delivered whole, or the notice that a message waits."""
+        if notice.content_size <= DELIVER_INLINE_BYTES:
+            try:
+                stored = self._state.mark_delivered(notice.message_id, node_id)
+                content = (
+                    self._state.blobs.read_bytes(stored.content.sha256)
+                    if stored.content is not None
+                    else b""
+                )
+                head = self._head(stored, node_id, self._witnessed.get(node_id, 0))
+                return pb.FleetEvent(delivery=pb.MessageDelivery(head=head, content=content))
+            except Exception as exc:  # the node pulls it and hears the reason there
+                _log.info("message announced, not delivered", error=str(exc))
+        return pb.FleetEvent(
+            message=pb.MessageAvailable(message_id=notice.message_id, run_id=notice.run_id)
+        )
 
     def PullMessage(
         self, request: pb.PullMessageRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.MessageChunk]:
         _, node = self._caller(context)
         stored = self._state.mark_delivered(request.message_id, node.node_id)
+        self._witnessed[node.node_id] = request.witness_size
+        yield pb.MessageChunk(head=self._head(stored, node.node_id, request.witness_size))
+        if stored.content is not None:
+            for chunk in self._state.blobs.open_chunks(stored.content.sha256):
+                yield pb.MessageChunk(data=chunk)
+
+    def _head(self, stored: StoredMessage, node_id: int, witness_size: int) -> pb.MessageHead:
+        """A delivered message's head, with the latest tree head and the proof to it."""
         head = pb.MessageHead(
             metadata=encode_metadata(stored.metadata()),
             content_size=stored.content.size if stored.content else 0,
             run=self._run_context(stored.run_id),
+            audit_proof_from=witness_size,
         )
         tree_head = self._audit.latest()
         if tree_head is not None:
             head.audit_checkpoint = tree_head.note
-            if 0 < request.witness_size <= tree_head.size:
-                head.audit_consistency.extend(
-                    self._audit.consistency(request.witness_size, tree_head.size)
-                )
-        yield pb.MessageChunk(head=head)
-        if stored.content is not None:
-            for chunk in self._state.blobs.open_chunks(stored.content.sha256):
-                yield pb.MessageChunk(data=chunk)
+            if 0 < witness_size <= tree_head.size:
+                head.audit_consistency.extend(self._audit.consistency(witness_size, tree_head.size))
+        return head
 
     def _run_context(self, run_id: int) -> pb.RunContext:
         """What a node needs to know of a run: fixed at submission, so read once."""
@@ -268,6 +296,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             )
         except AuditError as exc:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"cosignature refused: {exc}")
+        self._witnessed[node.node_id] = request.tree_size
         _log.info("tree head cosigned", node=node.name, witness=witness, size=request.tree_size)
         return pb.CosignResponse()
 

@@ -15,7 +15,16 @@ from dataclasses import dataclass
 
 from appliance.proto import fleet_pb2
 
-__all__ = ["Hub", "NodeInbox", "ReplySignal"]
+__all__ = ["Hub", "MessageNotice", "NodeInbox", "ReplySignal"]
+
+
+@dataclass(frozen=True)
+class MessageNotice:
+    """A message queued for the node: its stream announces it, or delivers it if small."""
+
+    message_id: str
+    run_id: int
+    content_size: int
 
 
 @dataclass
@@ -23,7 +32,7 @@ class NodeInbox:
     """Events for one connected node (one live ``Subscribe`` stream)."""
 
     node_id: int
-    events: queue.Queue[fleet_pb2.FleetEvent]
+    events: queue.Queue[fleet_pb2.FleetEvent | MessageNotice]
     closed: threading.Event
 
 
@@ -83,12 +92,11 @@ class Hub:
         with self._lock:
             return node_id in self._inboxes
 
-    def notify_message(self, node_id: int, message_id: str, run_id: int) -> None:
+    def notify_message(
+        self, node_id: int, message_id: str, run_id: int, *, content_size: int
+    ) -> None:
         """Tell ``node_id`` (if connected) that a message waits for it."""
-        event = fleet_pb2.FleetEvent(
-            message=fleet_pb2.MessageAvailable(message_id=message_id, run_id=run_id)
-        )
-        self._send(node_id, event)
+        self._send(node_id, MessageNotice(message_id, run_id, content_size))
 
     def notify_run_ended(self, run_id: int, status: str) -> None:
         """Tell every connected node that ``run_id`` ended (they stop its ClientApp)."""
@@ -98,7 +106,7 @@ class Hub:
         for inbox in inboxes:
             inbox.events.put(event)
 
-    def _send(self, node_id: int, event: fleet_pb2.FleetEvent) -> None:
+    def _send(self, node_id: int, event: fleet_pb2.FleetEvent | MessageNotice) -> None:
         with self._lock:
             inbox = self._inboxes.get(node_id)
         if inbox is not None:

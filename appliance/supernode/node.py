@@ -306,6 +306,8 @@ class SuperNode:
                 self._workers.submit(
                     self._handle_safely, event.message.message_id, event.message.run_id
                 )
+            elif kind == "delivery":
+                self._workers.submit(self._handle_delivery_safely, event.delivery)
             elif kind == "run_ended":
                 self._end_run(event.run_ended.run_id)
 
@@ -349,6 +351,30 @@ class SuperNode:
         except Exception:
             self.metrics.unhandled()
             _log.exception("message not handled", message_id=message_id)
+
+    def _handle_delivery_safely(self, delivery: pb.MessageDelivery) -> None:
+        try:
+            site = self._site_audit
+            assert site is not None, "messages arrive only after Hello"
+            self._process(self._delivered(delivery), site)
+        except Exception:
+            self.metrics.unhandled()
+            _log.exception("delivered message not handled")
+
+    def _delivered(self, delivery: pb.MessageDelivery) -> _Pulled:
+        """A message the SuperLink sent whole on the stream, as if pulled."""
+        started = time.monotonic()
+        head = delivery.head
+        if len(delivery.content) != head.content_size:
+            raise ValueError(
+                f"delivered content is {len(delivery.content)} bytes, "
+                f"its head declared {head.content_size}"
+            )
+        frame = bytearray(delivery.content)  # decoded in place, like a pulled body
+        self.metrics.received("message", len(frame))
+        content = decode_record_dict(frame, max_bytes=self.config.max_message_bytes)
+        message = Message.from_parts(decode_metadata(head.metadata), content)
+        return _Pulled(message, head, frame, head.audit_proof_from, started)
 
     def _pull(self, message_id: str, site: SiteAudit) -> _Pulled:
         started = time.monotonic()
