@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61ppliance/proto/fleet.proto\x12\x13greenhouse.fleet.v1\"\x1f\n\x0cHelloRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\\\n\rHelloResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x13\n\x0bkeepalive_s\x18\x03 \x01(\x01\x12\x12\n\naudit_vkey\x18\x04 \x01(\t\"\x12\n\x10SubscribeRequest\"\xf2\x01\n\nFleetEvent\x12\x38\n\x07message\x18\x01 \x01(\x0b\x32%.greenhouse.fleet.v1.MessageAvailableH\x00\x12\x32\n\trun_ended\x18\x02 \x01(\x0b\x32\x1d.greenhouse.fleet.v1.RunEndedH\x00\x12\x33\n\tkeepalive\x18\x03 \x01(\x0b\x32\x1e.greenhouse.fleet.v1.KeepaliveH\x00\x12\x38\n\x08\x64\x65livery\x18\x04 \x01(\x0b\x32$.greenhouse.fleet.v1.MessageDeliveryH\x00\x42\x07\n\x05\x65vent\"6\n\x10MessageAvailable\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\"R\n\x0fMessageDelivery\x12.\n\x04head\x18\x01 \x01(\x0b\x32 .greenhouse.fleet.v1.MessageHead\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"*\n\x08RunEnded\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\" \n\tKeepalive\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\">\n\x12PullMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cwitness_size\x18\x02 \x01(\x04\"f\n\nRunContext\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\x12\x17\n\x0frun_config_json\x18\x03 \x01(\t\x12\x18\n\x10\x62undle_signature\x18\x04 \x01(\x0c\"\xb2\x01\n\x0bMessageHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_size\x18\x02 \x01(\x04\x12,\n\x03run\x18\x03 \x01(\x0b\x32\x1f.greenhouse.fleet.v1.RunContext\x12\x18\n\x10\x61udit_checkpoint\x18\x04 \x01(\t\x12\x19\n\x11\x61udit_consistency\x18\x05 \x03(\x0c\x12\x18\n\x10\x61udit_proof_from\x18\x06 \x01(\x04\"X\n\x0cMessageChunk\x12\x30\n\x04head\x18\x01 \x01(\x0b\x32 .greenhouse.fleet.v1.MessageHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x82\x01\n\tReplyHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x10\n\x08is_error\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x12\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"T\n\nReplyChunk\x12.\n\x04head\x18\x01 \x01(\x0b\x32\x1e.greenhouse.fleet.v1.ReplyHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\'\n\x11PushReplyResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\"\n\x10GetBundleRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"*\n\nBundleHead\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"V\n\x0b\x42undleChunk\x12/\n\x04head\x18\x01 \x01(\x0b\x32\x1f.greenhouse.fleet.v1.BundleHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"P\n\rCosignRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x16\n\x0esignature_line\x18\x02 \x01(\t\x12\x14\n\x0cwitness_vkey\x18\x03 \x01(\t\"\x10\n\x0e\x43osignResponse\"4\n\x0eReceiptRequest\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x11\n\x0fReceiptResponse2\xe8\x04\n\x05\x46leet\x12N\n\x05Hello\x12!.greenhouse.fleet.v1.HelloRequest\x1a\".greenhouse.fleet.v1.HelloResponse\x12U\n\tSubscribe\x12%.greenhouse.fleet.v1.SubscribeRequest\x1a\x1f.greenhouse.fleet.v1.FleetEvent0\x01\x12[\n\x0bPullMessage\x12\'.greenhouse.fleet.v1.PullMessageRequest\x1a!.greenhouse.fleet.v1.MessageChunk0\x01\x12V\n\tPushReply\x12\x1f.greenhouse.fleet.v1.ReplyChunk\x1a&.greenhouse.fleet.v1.PushReplyResponse(\x01\x12V\n\tGetBundle\x12%.greenhouse.fleet.v1.GetBundleRequest\x1a .greenhouse.fleet.v1.BundleChunk0\x01\x12Q\n\x06\x43osign\x12\".greenhouse.fleet.v1.CosignRequest\x1a#.greenhouse.fleet.v1.CosignResponse\x12X\n\x0bSendReceipt\x12#.greenhouse.fleet.v1.ReceiptRequest\x1a$.greenhouse.fleet.v1.ReceiptResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x61ppliance/proto/fleet.proto\x12\x13greenhouse.fleet.v1\"\x1f\n\x0cHelloRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"\\\n\rHelloResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\x04\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x13\n\x0bkeepalive_s\x18\x03 \x01(\x01\x12\x12\n\naudit_vkey\x18\x04 \x01(\t\"\x12\n\x10SubscribeRequest\"\xf2\x01\n\nFleetEvent\x12\x38\n\x07message\x18\x01 \x01(\x0b\x32%.greenhouse.fleet.v1.MessageAvailableH\x00\x12\x32\n\trun_ended\x18\x02 \x01(\x0b\x32\x1d.greenhouse.fleet.v1.RunEndedH\x00\x12\x33\n\tkeepalive\x18\x03 \x01(\x0b\x32\x1e.greenhouse.fleet.v1.KeepaliveH\x00\x12\x38\n\x08\x64\x65livery\x18\x04 \x01(\x0b\x32$.greenhouse.fleet.v1.MessageDeliveryH\x00\x42\x07\n\x05\x65vent\"6\n\x10MessageAvailable\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\x04\"R\n\x0fMessageDelivery\x12.\n\x04head\x18\x01 \x01(\x0b\x32 .greenhouse.fleet.v1.MessageHead\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"*\n\x08RunEnded\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x0e\n\x06status\x18\x02 \x01(\t\" \n\tKeepalive\x12\x13\n\x0bserver_time\x18\x01 \x01(\x01\">\n\x12PullMessageRequest\x12\x12\n\nmessage_id\x18\x01 \x01(\t\x12\x14\n\x0cwitness_size\x18\x02 \x01(\x04\"f\n\nRunContext\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\x12\x15\n\rbundle_sha256\x18\x02 \x01(\t\x12\x17\n\x0frun_config_json\x18\x03 \x01(\t\x12\x18\n\x10\x62undle_signature\x18\x04 \x01(\x0c\"\xb2\x01\n\x0bMessageHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_size\x18\x02 \x01(\x04\x12,\n\x03run\x18\x03 \x01(\x0b\x32\x1f.greenhouse.fleet.v1.RunContext\x12\x18\n\x10\x61udit_checkpoint\x18\x04 \x01(\t\x12\x19\n\x11\x61udit_consistency\x18\x05 \x03(\x0c\x12\x18\n\x10\x61udit_proof_from\x18\x06 \x01(\x04\"X\n\x0cMessageChunk\x12\x30\n\x04head\x18\x01 \x01(\x0b\x32 .greenhouse.fleet.v1.MessageHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"\x82\x01\n\tReplyHead\x12\x10\n\x08metadata\x18\x01 \x01(\x0c\x12\x10\n\x08is_error\x18\x02 \x01(\x08\x12\x12\n\nerror_code\x18\x03 \x01(\x12\x12\x14\n\x0c\x65rror_reason\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_size\x18\x05 \x01(\x04\x12\x11\n\tsignature\x18\x06 \x01(\x0c\"T\n\nReplyChunk\x12.\n\x04head\x18\x01 \x01(\x0b\x32\x1e.greenhouse.fleet.v1.ReplyHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"K\n\nWholeReply\x12,\n\x04head\x18\x01 \x01(\x0b\x32\x1e.greenhouse.fleet.v1.ReplyHead\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\x0c\"\'\n\x11PushReplyResponse\x12\x12\n\nmessage_id\x18\x01 \x01(\t\"\"\n\x10GetBundleRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x04\"*\n\nBundleHead\x12\x0e\n\x06sha256\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\"V\n\x0b\x42undleChunk\x12/\n\x04head\x18\x01 \x01(\x0b\x32\x1f.greenhouse.fleet.v1.BundleHeadH\x00\x12\x0e\n\x04\x64\x61ta\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"P\n\rCosignRequest\x12\x11\n\ttree_size\x18\x01 \x01(\x04\x12\x16\n\x0esignature_line\x18\x02 \x01(\t\x12\x14\n\x0cwitness_vkey\x18\x03 \x01(\t\"\x10\n\x0e\x43osignResponse\"4\n\x0eReceiptRequest\x12\x0f\n\x07receipt\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"\x11\n\x0fReceiptResponse2\xc3\x05\n\x05\x46leet\x12N\n\x05Hello\x12!.greenhouse.fleet.v1.HelloRequest\x1a\".greenhouse.fleet.v1.HelloResponse\x12U\n\tSubscribe\x12%.greenhouse.fleet.v1.SubscribeRequest\x1a\x1f.greenhouse.fleet.v1.FleetEvent0\x01\x12[\n\x0bPullMessage\x12\'.greenhouse.fleet.v1.PullMessageRequest\x1a!.greenhouse.fleet.v1.MessageChunk0\x01\x12V\n\tPushReply\x12\x1f.greenhouse.fleet.v1.ReplyChunk\x1a&.greenhouse.fleet.v1.PushReplyResponse(\x01\x12Y\n\x0ePushWholeReply\x12\x1f.greenhouse.fleet.v1.WholeReply\x1a&.greenhouse.fleet.v1.PushReplyResponse\x12V\n\tGetBundle\x12%.greenhouse.fleet.v1.GetBundleRequest\x1a .greenhouse.fleet.v1.BundleChunk0\x01\x12Q\n\x06\x43osign\x12\".greenhouse.fleet.v1.CosignRequest\x1a#.greenhouse.fleet.v1.CosignResponse\x12X\n\x0bSendReceipt\x12#.greenhouse.fleet.v1.ReceiptRequest\x1a$.greenhouse.fleet.v1.ReceiptResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -59,22 +59,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REPLYHEAD']._serialized_end=1232
   _globals['_REPLYCHUNK']._serialized_start=1234
   _globals['_REPLYCHUNK']._serialized_end=1318
-  _globals['_PUSHREPLYRESPONSE']._serialized_start=1320
-  _globals['_PUSHREPLYRESPONSE']._serialized_end=1359
-  _globals['_GETBUNDLEREQUEST']._serialized_start=1361
-  _globals['_GETBUNDLEREQUEST']._serialized_end=1395
-  _globals['_BUNDLEHEAD']._serialized_start=1397
-  _globals['_BUNDLEHEAD']._serialized_end=1439
-  _globals['_BUNDLECHUNK']._serialized_start=1441
-  _globals['_BUNDLECHUNK']._serialized_end=1527
-  _globals['_COSIGNREQUEST']._serialized_start=1529
-  _globals['_COSIGNREQUEST']._serialized_end=1609
-  _globals['_COSIGNRESPONSE']._serialized_start=1611
-  _globals['_COSIGNRESPONSE']._serialized_end=1627
-  _globals['_RECEIPTREQUEST']._serialized_start=1629
-  _globals['_RECEIPTREQUEST']._serialized_end=1681
-  _globals['_RECEIPTRESPONSE']._serialized_start=1683
-  _globals['_RECEIPTRESPONSE']._serialized_end=1700
-  _globals['_FLEET']._serialized_start=1703
-  _globals['_FLEET']._serialized_end=2319
+  _globals['_WHOLEREPLY']._serialized_start=1320
+  _globals['_WHOLEREPLY']._serialized_end=1395
+  _globals['_PUSHREPLYRESPONSE']._serialized_start=1397
+  _globals['_PUSHREPLYRESPONSE']._serialized_end=1436
+  _globals['_GETBUNDLEREQUEST']._serialized_start=1438
+  _globals['_GETBUNDLEREQUEST']._serialized_end=1472
+  _globals['_BUNDLEHEAD']._serialized_start=1474
+  _globals['_BUNDLEHEAD']._serialized_end=1516
+  _globals['_BUNDLECHUNK']._serialized_start=1518
+  _globals['_BUNDLECHUNK']._serialized_end=1604
+  _globals['_COSIGNREQUEST']._serialized_start=1606
+  _globals['_COSIGNREQUEST']._serialized_end=1686
+  _globals['_COSIGNRESPONSE']._serialized_start=1688
+  _globals['_COSIGNRESPONSE']._serialized_end=1704
+  _globals['_RECEIPTREQUEST']._serialized_start=1706
+  _globals['_RECEIPTREQUEST']._serialized_end=1758
+  _globals['_RECEIPTRESPONSE']._serialized_start=1760
+  _globals['_RECEIPTRESPONSE']._serialized_end=1777
+  _globals['_FLEET']._serialized_start=1780
+  _globals['_FLEET']._serialized_end=2487
 # @@protoc_insertion_point(module_scope)

@@ -138,6 +138,14 @@ class ReplyChunk(_message.Message):
     data: bytes
     def __init__(self, head: _Optional[_Union[ReplyHead, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
+class WholeReply(_message.Message):
+    __slots__ = ("head", "content")
+    HEAD_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    head: ReplyHead
+    content: bytes
+    def __init__(self, head: _Optional[_Union[ReplyHead, _Mapping]] = ..., content: _Optional[bytes] = ...) -> None: ...
+
 class PushReplyResponse(_message.Message):
     __slots__ = ("message_id",)
     MESSAGE_ID_FIELD_NUMBER: _ClassVar[int]

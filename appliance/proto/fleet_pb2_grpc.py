@@ -54,6 +54,11 @@ class FleetStub:
                 request_serializer=appliance_dot_proto_dot_fleet__pb2.ReplyChunk.SerializeToString,
                 response_deserializer=appliance_dot_proto_dot_fleet__pb2.PushReplyResponse.FromString,
                 _registered_method=True)
+        self.PushWholeReply = channel.unary_unary(
+                '/greenhouse.fleet.v1.Fleet/PushWholeReply',
+                request_serializer=appliance_dot_proto_dot_fleet__pb2.WholeReply.SerializeToString,
+                response_deserializer=appliance_dot_proto_dot_fleet__pb2.PushReplyResponse.FromString,
+                _registered_method=True)
         self.GetBundle = channel.unary_stream(
                 '/greenhouse.fleet.v1.Fleet/GetBundle',
                 request_serializer=appliance_dot_proto_dot_fleet__pb2.GetBundleRequest.SerializeToString,
@@ -94,6 +99,13 @@ class FleetServicer:
 
     def PushReply(self, request_iterator, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PushWholeReply(self, request, context):
+        """A small reply (content up to 64 KiB) in one message: the same checks as PushReply.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -139,6 +151,11 @@ def add_FleetServicer_to_server(servicer, server):
             'PushReply': grpc.stream_unary_rpc_method_handler(
                     servicer.PushReply,
                     request_deserializer=appliance_dot_proto_dot_fleet__pb2.ReplyChunk.FromString,
+                    response_serializer=appliance_dot_proto_dot_fleet__pb2.PushReplyResponse.SerializeToString,
+            ),
+            'PushWholeReply': grpc.unary_unary_rpc_method_handler(
+                    servicer.PushWholeReply,
+                    request_deserializer=appliance_dot_proto_dot_fleet__pb2.WholeReply.FromString,
                     response_serializer=appliance_dot_proto_dot_fleet__pb2.PushReplyResponse.SerializeToString,
             ),
             'GetBundle': grpc.unary_stream_rpc_method_handler(
@@ -264,6 +281,33 @@ class Fleet:
             target,
             '/greenhouse.fleet.v1.Fleet/PushReply',
             appliance_dot_proto_dot_fleet__pb2.ReplyChunk.SerializeToString,
+            appliance_dot_proto_dot_fleet__pb2.PushReplyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PushWholeReply(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenhouse.fleet.v1.Fleet/PushWholeReply',
+            appliance_dot_proto_dot_fleet__pb2.WholeReply.SerializeToString,
             appliance_dot_proto_dot_fleet__pb2.PushReplyResponse.FromString,
             options,
             channel_credentials,

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import mmap
 import queue
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 
@@ -214,7 +214,26 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, "a reply stream must start with its head"
             )
-        head = first.head
+        data = (chunk.data for chunk in request_iterator)
+        return self._admit_reply(identity, node, first.head, data, context)
+
+    def PushWholeReply(
+        self, request: pb.WholeReply, context: grpc.ServicerContext
+    ) -> pb.PushReplyResponse:
+        identity, node = self._caller(context)
+        if not request.HasField("head"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a reply needs its head")
+        return self._admit_reply(identity, node, request.head, (request.content,), context)
+
+    def _admit_reply(
+        self,
+        identity: Identity,
+        node: Enrolment,
+        head: pb.ReplyHead,
+        data: Iterable[bytes],
+        context: grpc.ServicerContext,
+    ) -> pb.PushReplyResponse:
+        """Check, store and signal one reply (see the module's docstring)."""
         meta = decode_metadata(head.metadata)
         if meta.src_node_id != node.node_id or meta.dst_node_id != SERVER_NODE_ID:
             context.abort(
@@ -231,7 +250,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                     f"{self._max_message_bytes}",
                 )
             content = self._state.blobs.put_stream(
-                (chunk.data for chunk in request_iterator),
+                data,
                 max_bytes=head.content_size,
                 durable=False,  # a reply body: a restart fails its run anyway
             )

@@ -89,6 +89,7 @@ FLEET_METHODS = {
         "Subscribe",
         "PullMessage",
         "PushReply",
+        "PushWholeReply",
         "GetBundle",
         "Cosign",
         "SendReceipt",

@@ -73,6 +73,8 @@ _log = get_logger("appliance.supernode")
 VERSION = "1"
 #: How often the node looks for the site administrator's decisions while runs wait.
 APPROVAL_POLL_S = 0.5
+#: Largest reply content pushed in one unary call (PushWholeReply) instead of a stream.
+WHOLE_REPLY_BYTES = 64 * 1024
 #: How long calls already on a channel replaced on SIGHUP may go on before it closes.
 RETIRE_AFTER_S = 60.0
 
@@ -747,7 +749,10 @@ class SuperNode:
             for piece in iter_chunks(frame):
                 yield pb.ReplyChunk(data=piece)
 
-        link.stub.PushReply(chunks())
+        if len(frame) <= WHOLE_REPLY_BYTES:  # one unary call: no stream to set up
+            link.stub.PushWholeReply(pb.WholeReply(head=head, content=bytes(frame)))
+        else:
+            link.stub.PushReply(chunks())
         self.metrics.handled(reply, len(frame))
 
     # -- runs ----------------------------------------------------------------------------

@@ -37,12 +37,19 @@ def _code(call) -> tuple[grpc.StatusCode, str]:
     return info.value.code(), info.value.details()
 
 
-def _push(stub: FleetStub, head: pb.ReplyHead, data: list[bytes] = ()) -> pb.PushReplyResponse:
+def _stream(stub: FleetStub, head: pb.ReplyHead, data: list[bytes] = ()) -> pb.PushReplyResponse:
     chunks = [pb.ReplyChunk(head=head), *(pb.ReplyChunk(data=d) for d in data)]
     return stub.PushReply(iter(chunks))
 
 
-def test_garbage_and_oversized_requests_are_refused_and_serving_goes_on(federation: Federation):
+def _whole(stub: FleetStub, head: pb.ReplyHead, data: list[bytes] = ()) -> pb.PushReplyResponse:
+    return stub.PushWholeReply(pb.WholeReply(head=head, content=b"".join(data)))
+
+
+@pytest.mark.parametrize("_push", [_stream, _whole], ids=["streamed", "whole"])
+def test_garbage_and_oversized_requests_are_refused_and_serving_goes_on(
+    federation: Federation, _push
+):
     start(federation, 1)
     channel = _node_channel(federation, "n1")
     stub = FleetStub(channel)

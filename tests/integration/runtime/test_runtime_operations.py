@@ -156,11 +156,13 @@ def test_metrics_of_a_real_superlink_and_supernode(federation: Federation):
     assert _value(link, "greenhouse_auth_failures_total", **reason) == 1
     assert _value(link, "greenhouse_receipts_total", site="n1", decision="accepted") == 1
     assert _value(link, "greenhouse_receipts_total", site="n1", decision="refused") == 1
-    assert _value(link, "greenhouse_fleet_received_bytes_total", method="PushReply") > 0
-    # The probe's messages are small: each went whole on the node's Subscribe stream,
-    # none was pulled (a model over 64 KiB is: see test_runtime_e2e's chunked model).
+    # The probe's messages and replies are small: each message went whole on the node's
+    # Subscribe stream and each reply in one call; none was pulled or streamed (over
+    # 64 KiB they are: see test_runtime_e2e's chunked model).
     assert _value(link, "greenhouse_fleet_sent_bytes_total", method="Subscribe") > 0
     assert not _value(link, "greenhouse_fleet_sent_bytes_total", method="PullMessage")
+    assert _value(link, "greenhouse_fleet_received_bytes_total", method="PushWholeReply") > 0
+    assert not _value(link, "greenhouse_fleet_received_bytes_total", method="PushReply")
     assert _value(link, "greenhouse_audit_appends_total", action="auth.refused") == 1
     assert _value(link, "greenhouse_audit_appends_total", action="run.finished") == 2
 
