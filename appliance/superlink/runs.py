@@ -126,16 +126,20 @@ class RunLauncher:
         )
         self._state.transition_run(run_id, RunStatus.STARTING)
         with child_end:
-            popen = subprocess.Popen(  # noqa: S603 -- fixed interpreter and module
-                [sys.executable, "-m", "appliance.superlink.serverapp_process", str(app_dir)],
-                env=env,
-                cwd=directory,
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                pass_fds=(child_end.fileno(),),
-            )
+            try:
+                popen = subprocess.Popen(  # noqa: S603 -- fixed interpreter and module
+                    [sys.executable, "-m", "appliance.superlink.serverapp_process", str(app_dir)],
+                    env=env,
+                    cwd=directory,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    start_new_session=True,
+                    pass_fds=(child_end.fileno(),),
+                )
+            except BaseException:
+                own_end.close()
+                raise
         process = _Process(
             run_id,
             hashlib.sha256(token.encode()).digest(),
