@@ -187,11 +187,14 @@ class BlobStore:
         """
         fd = self._open(sha256)
         try:
-            version = _version(os.fstat(fd))
-            if not self._is_verified(sha256, version):
-                with os.fdopen(os.dup(fd), "rb") as src:
-                    for _ in _iter_file(src, sha256, DEFAULT_CHUNK_BYTES, True, None):
-                        pass
+            try:
+                version = _version(os.fstat(fd))
+                src = None if self._is_verified(sha256, version) else os.fdopen(os.dup(fd), "rb")
+            except OSError as exc:
+                raise BlobError(f"cannot read blob {sha256}: {exc}") from exc
+            if src is not None:  # _iter_file closes it
+                for _ in _iter_file(src, sha256, DEFAULT_CHUNK_BYTES, True, None):
+                    pass
                 self._remember(sha256, version)
         except BaseException:
             os.close(fd)

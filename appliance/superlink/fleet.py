@@ -28,7 +28,15 @@ from appliance.message import SERVER_NODE_ID
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto import fleet_pb2_grpc
 from appliance.receipts import RECEIPT_SIGNATURE_METHOD, Decision, Receipt, RunManifest
-from appliance.state import BlobRef, Enrolment, LogStream, State, StoredMessage, StoredReceipt
+from appliance.state import (
+    BlobRef,
+    Enrolment,
+    LogStream,
+    State,
+    StateError,
+    StoredMessage,
+    StoredReceipt,
+)
 from appliance.superlink.audit_trail import SuperLinkAudit, actor_of
 from appliance.superlink.hub import Hub, MessageNotice
 from appliance.superlink.runs import BUNDLE_SIGNATURE
@@ -157,7 +165,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 )
                 head = self._head(stored, node_id, self._witnessed.get(node_id, 0))
                 return pb.FleetEvent(delivery=pb.MessageDelivery(head=head, content=content))
-            except Exception as exc:  # the node pulls it and hears the reason there
+            except (StateError, OSError) as exc:  # the node pulls it and hears why there
                 _log.info("message announced, not delivered", error=str(exc))
         return pb.FleetEvent(
             message=pb.MessageAvailable(message_id=notice.message_id, run_id=notice.run_id)

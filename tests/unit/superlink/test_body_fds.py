@@ -168,11 +168,8 @@ def test_read_body_of_an_empty_file(make_file):
 def test_a_ticket_never_sent_times_out(send_bytes, pair):
     _, _, receiver = pair
     sent = send_bytes(b"kept")
-    started = time.monotonic()
     with pytest.raises(TransportError, match=f"reply body {sent + 1000} did not arrive"):
         receiver.take(sent + 1000, timeout_s=0.2)
-    elapsed = time.monotonic() - started
-    assert 0.15 <= elapsed < 3
     # what arrived while waiting was stashed, not lost
     assert read_body(receiver.take(sent, timeout_s=0), 4) == b"kept"
 
@@ -240,15 +237,13 @@ def test_send_returns_none_without_blocking_when_the_queue_is_full(pair, make_fi
     fd = make_file(b"queued")
     try:
         tickets = []
-        started = time.monotonic()
-        for _ in range(100_000):
+        for _ in range(100_000):  # a blocking send would hang here (the suite's timeout)
             ticket = sender.send(fd)
             if ticket is None:
                 break
             tickets.append(ticket)
         else:
             pytest.fail("the socket never filled up")
-        assert time.monotonic() - started < 10
         assert len(tickets) > 10
         assert sender.send(fd) is None  # still full
         # a full queue is not a dead peer: once the ServerApp reads, sending works again
@@ -331,7 +326,11 @@ def test_a_take_waiting_for_a_lost_ticket_does_not_hold_up_another(send_bytes, p
     waiter = threading.Thread(target=wait_for_lost)
     waiter.start()
     try:
-        time.sleep(0.2)  # the waiter is reading the socket now
+        for _ in range(500):  # until the waiter is the thread reading the socket
+            if receiver._reading:
+                break
+            time.sleep(0.01)
+        assert receiver._reading
         ticket = send_bytes(b"mine")
         assert read_body(receiver.take(ticket, timeout_s=3), 4) == b"mine"
         assert waiter.is_alive()  # served before the other's wait ran out
