@@ -68,10 +68,13 @@ class ArtifactStore(Store):
             row.sha256, row.size, row.created_at = blob.sha256, blob.size, self._now(now)
             session.flush()
             saved = _artifact(row)
-            orphan = replaced is not None and _unreferenced(session, replaced)
-        if orphan:  # the previous version of a rewritten file (metrics.json every round)
-            self._blobs.delete(replaced)  # type: ignore[arg-type]
+        if replaced is not None:  # the previous version of a rewritten file (metrics.json)
+            self._blobs.delete_unreferenced([replaced], self._referenced)
         return saved
+
+    def _referenced(self, shas: set[str]) -> set[str]:
+        with self._read() as session:
+            return {sha for sha in shas if not _unreferenced(session, sha)}
 
     def list_artifacts(self, run_id: int) -> list[Artifact]:
         """A run's artifacts, by name.

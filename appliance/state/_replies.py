@@ -3,7 +3,10 @@
 Guarantees: a request is answered at most once (status check under a row lock,
 backed by the unique index on ``reply_to_message_id``), only by the node it was
 delivered to, within the same run and before its TTL runs out. A reply is
-``queued`` for the ServerApp (``dst_node_id`` 0) until ``mark_replies_delivered``.
+``queued`` for the ServerApp (``dst_node_id`` 0) until ``mark_replies_delivered``,
+which also deletes its body unless something else still needs the same bytes: a
+delivered reply is never handed out again, and keeping every round's replies would
+grow the data dir by nodes x model per round for as long as the run lasts.
 Verifying the node's signature is the SuperLink's job; the signature is kept with
 the reply so every answer stays attributable.
 """
@@ -46,7 +49,7 @@ from appliance.state.errors import (
     RunNotFound,
     WrongRun,
 )
-from appliance.state.models import MessageRow, RunRow
+from appliance.state.models import ArtifactRow, BundleRow, MessageRow, RunRow
 from appliance.state.values import BlobRef, StoredMessage
 
 #: Longest accepted node signature (a signed envelope) over a reply, in bytes.
@@ -73,6 +76,28 @@ _MARK_REPLIES_DELIVERED = (
         _M.status == QUEUED,
     )
     .values(status=DELIVERED, delivered_at=bindparam("at"))
+)
+_DELIVERED_BODIES = (
+    select(_M.content_sha256)
+    .where(
+        _M.message_id.in_(bindparam("ids", expanding=True)),
+        _M.reply_to_message_id.is_not(None),
+        _M.status == DELIVERED,
+        _M.content_sha256.is_not(None),
+    )
+    .distinct()
+)
+# A body is still needed while any row other than a delivered reply points at it.
+_BODIES_IN_USE = (
+    select(_M.content_sha256)
+    .where(
+        _M.content_sha256.in_(bindparam("shas", expanding=True)),
+        or_(_M.reply_to_message_id.is_(None), _M.status != DELIVERED),
+    )
+    .union(
+        select(BundleRow.sha256).where(BundleRow.sha256.in_(bindparam("shas"))),
+        select(ArtifactRow.sha256).where(ArtifactRow.sha256.in_(bindparam("shas"))),
+    )
 )
 
 
@@ -343,16 +368,36 @@ class ReplyStore(MessageStore):
         return sorted(found, key=lambda m: (m.created_at, m.message_id))
 
     def mark_replies_delivered(self, ids: Iterable[str], *, now: float | None = None) -> int:
-        """Mark replies handed to the ServerApp (``queued -> delivered``).
+        """Mark replies handed to the ServerApp (``queued -> delivered``); drop their bodies.
+
+        A body is deleted unless a message other than a delivered reply, a bundle or an
+        artifact still points at the same bytes, or a writer holds them (see
+        :meth:`BlobStore.delete_unreferenced`). An open descriptor of a deleted body
+        (one already handed to the ServerApp) still reads it.
 
         Returns:
             How many replies changed (already-delivered or unknown ids are skipped).
+
+        Raises:
+            BlobError: the file system failed deleting a body (the marks are kept).
         """
         at = self._now(now)
         unique = sorted(set(ids))
         changed = 0
+        bodies: set[str] = set()
         with self._write() as session:
             conn = session.connection()
             for chunk in in_chunks(unique):
                 changed += conn.execute(_MARK_REPLIES_DELIVERED, {"ids": chunk, "at": at}).rowcount
+                bodies.update(conn.scalars(_DELIVERED_BODIES, {"ids": chunk}))
+        if bodies:
+            self._blobs.delete_unreferenced(bodies, self._bodies_in_use)
         return changed
+
+    def _bodies_in_use(self, shas: set[str]) -> set[str]:
+        in_use: set[str] = set()
+        with self._read() as session:
+            conn = session.connection()
+            for chunk in in_chunks(sorted(shas)):
+                in_use.update(conn.scalars(_BODIES_IN_USE, {"shas": chunk}))
+        return in_use

@@ -38,7 +38,7 @@ from appliance.state.errors import (
     RunNotFound,
 )
 from appliance.state.models import BundleRow, RunRow
-from appliance.state.values import BundleRef, Run, RunStatus, check_sha256
+from appliance.state.values import BlobRef, BundleRef, Run, RunStatus, check_sha256
 
 #: Largest accepted run config / options document (canonical JSON), in characters.
 MAX_JSON_CHARS = 1024 * 1024
@@ -128,8 +128,13 @@ class RunStore(Store):
             BlobTooLarge: more than ``max_bytes`` arrived; nothing was stored.
             BlobError: the file system failed.
         """
-        blob = self._blobs.put_stream(chunks, max_bytes=max_bytes)
-        at = self._now(now)
+        blob = self._blobs.put_stream(chunks, max_bytes=max_bytes, hold=True)
+        try:
+            return self._record_bundle(blob, self._now(now))
+        finally:
+            self._blobs.release(blob.sha256)
+
+    def _record_bundle(self, blob: BlobRef, at: float) -> BundleRef:
         for _ in range(_ATTEMPTS):
             try:
                 with self._write() as session:

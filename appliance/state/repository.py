@@ -61,6 +61,7 @@ class State(NodeStore, RunStore, ReplyStore, LogStore, ArtifactStore, ReceiptSto
         *,
         data_dir: Path,
         clock: Callable[[], float] = time.time,
+        spare_bytes: int = 0,
     ) -> State:
         """Open (creating tables if missing) the state at ``url``.
 
@@ -70,6 +71,8 @@ class State(NodeStore, RunStore, ReplyStore, LogStore, ArtifactStore, ReceiptSto
             data_dir: the SuperLink's data directory (``0700``); blobs go to
                 ``data_dir/blobs``.
             clock: returns the current unix time in seconds (injected for tests).
+            spare_bytes: bytes of handed-out message bodies the blob store keeps as
+                files to overwrite (see :class:`BlobStore`); 0 keeps none.
 
         Returns:
             The open state. It does not recover by itself: a SuperLink calls
@@ -86,7 +89,7 @@ class State(NodeStore, RunStore, ReplyStore, LogStore, ArtifactStore, ReceiptSto
         except OSError as exc:
             raise BlobError(f"cannot create data dir {data_dir}: {exc}") from exc
         parsed = parse_url(default_url(data_dir) if url is None else url)
-        blobs = BlobStore(data_dir / "blobs")
+        blobs = BlobStore(data_dir / "blobs", spare_bytes=spare_bytes)
         engine = create_state_engine(parsed)
         state = cls(engine, parsed, blobs, clock)
         try:

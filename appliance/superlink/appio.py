@@ -62,6 +62,10 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         self._max_message_bytes = max_message_bytes
         self._rounds_lock = threading.Lock()
         self._rounds_audited: dict[int, int] = {}  # run id -> last round.completed
+        # Contents uploaded by a run and not yet named by its messages: held in the
+        # blob store (see BlobStore.delete_unreferenced) until named or the run ends.
+        self._uploads_lock = threading.Lock()
+        self._uploads: dict[int, set[str]] = {}
 
     def _run_id(self, context: grpc.ServicerContext) -> int:
         token = dict(context.invocation_metadata()).get(TOKEN_HEADER)
@@ -87,18 +91,64 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
     def PushContent(
         self, request_iterator: Iterator[pb.ContentChunk], context: grpc.ServicerContext
     ) -> pb.PushContentResponse:
-        self._run_id(context)
+        run_id = self._run_id(context)
         blob = self._state.blobs.put_stream(
             (chunk.data for chunk in request_iterator),
             max_bytes=self._max_message_bytes,
             durable=False,  # a message body: a restart fails its run anyway
+            hold=True,
         )
+        with self._uploads_lock:
+            uploads = self._uploads.setdefault(run_id, set())
+            held_already = blob.sha256 in uploads
+            uploads.add(blob.sha256)
+        if held_already:  # one hold per run and content
+            self._state.blobs.release(blob.sha256)
         return pb.PushContentResponse(content_ref=blob.sha256, size=blob.size)
+
+    def forget_run(self, run_id: int) -> None:
+        """Release the holds of an ended run's unnamed uploads."""
+        with self._uploads_lock:
+            uploads = self._uploads.pop(run_id, set())
+        for sha256 in uploads:
+            self._state.blobs.release(sha256)
 
     def PushMessages(
         self, request: pb.PushMessagesRequest, context: grpc.ServicerContext
     ) -> pb.PushMessagesResponse:
         run_id = self._run_id(context)
+        inline: list[str] = []  # held until the messages naming them are stored
+        try:
+            stored = self._queue(run_id, request, inline, context)
+        finally:
+            for sha256 in inline:
+                self._state.blobs.release(sha256)
+        named = {m.content.sha256 for m in stored if m.content is not None}
+        with self._uploads_lock:
+            uploads = self._uploads.get(run_id, set())
+            released = uploads & named
+            uploads -= released
+        for sha256 in released:
+            self._state.blobs.release(sha256)
+        for message in stored:
+            if self._hub.is_connected(message.dst_node_id):
+                self._hub.notify_message(
+                    message.dst_node_id,
+                    message.message_id,
+                    run_id,
+                    content_size=message.content.size if message.content else 0,
+                )
+            else:  # answered for the node if it does not come back within the grace period
+                self._on_offline_destination(message.dst_node_id)
+        return pb.PushMessagesResponse(message_ids=[m.message_id for m in stored])
+
+    def _queue(
+        self,
+        run_id: int,
+        request: pb.PushMessagesRequest,
+        inline: list[str],
+        context: grpc.ServicerContext,
+    ) -> list[StoredMessage]:
         items: list[tuple[Metadata, BlobRef | None]] = []
         sizes: dict[str, int] = {}
         for outgoing in request.messages:
@@ -120,21 +170,14 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
                 content = BlobRef(sha256=ref, size=sizes[ref])
             elif outgoing.content:
                 content = self._state.blobs.put_stream(
-                    [outgoing.content], max_bytes=self._max_message_bytes, durable=False
+                    [outgoing.content],
+                    max_bytes=self._max_message_bytes,
+                    durable=False,
+                    hold=True,
                 )
+                inline.append(content.sha256)
             items.append((meta, content))
-        stored = self._state.queue_messages(items)  # one transaction: all or none
-        for message in stored:
-            if self._hub.is_connected(message.dst_node_id):
-                self._hub.notify_message(
-                    message.dst_node_id,
-                    message.message_id,
-                    run_id,
-                    content_size=message.content.size if message.content else 0,
-                )
-            else:  # answered for the node if it does not come back within the grace period
-                self._on_offline_destination(message.dst_node_id)
-        return pb.PushMessagesResponse(message_ids=[m.message_id for m in stored])
+        return self._state.queue_messages(items)  # one transaction: all or none
 
     def Receive(
         self, request: pb.ReceiveRequest, context: grpc.ServicerContext
@@ -204,8 +247,12 @@ class AppIoServicer(appio_pb2_grpc.AppIoServicer):
         blob = self._state.blobs.put_stream(
             (chunk.data for chunk in request_iterator),
             max_bytes=self._max_message_bytes,
+            hold=True,
         )
-        self._state.put_artifact(run_id, name, blob)
+        try:
+            self._state.put_artifact(run_id, name, blob)
+        finally:
+            self._state.blobs.release(blob.sha256)
         if name == METRICS and blob.size <= _MAX_METRICS_BYTES:
             self._audit_rounds(run_id, blob)
         return pb.PutArtifactResponse(sha256=blob.sha256, size=blob.size)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Iterator
 import grpc
 
 from appliance.logs import get_logger
-from appliance.message import SERVER_NODE_ID
+from appliance.message import SERVER_NODE_ID, Metadata
 from appliance.proto import fleet_pb2 as pb
 from appliance.proto import fleet_pb2_grpc
 from appliance.receipts import RECEIPT_SIGNATURE_METHOD, Decision, Receipt, RunManifest
@@ -249,7 +249,6 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 f"node {node.node_id} may only send replies from itself to the server",
             )
         content: BlobRef | None = None
-        content_sha256 = b""
         if not head.is_error:
             if head.content_size > self._max_message_bytes:
                 context.abort(
@@ -261,7 +260,26 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 data,
                 max_bytes=head.content_size,
                 durable=False,  # a reply body: a restart fails its run anyway
+                hold=True,  # until the reply's row points at it
             )
+        try:
+            stored = self._check_and_store(identity, head, meta, content, context)
+        finally:
+            if content is not None:
+                self._state.blobs.release(content.sha256)
+        self._hub.replies(stored.run_id).bump()
+        return pb.PushReplyResponse(message_id=stored.message_id)
+
+    def _check_and_store(
+        self,
+        identity: Identity,
+        head: pb.ReplyHead,
+        meta: Metadata,
+        content: BlobRef | None,
+        context: grpc.ServicerContext,
+    ) -> StoredMessage:
+        content_sha256 = b""
+        if content is not None:
             if content.size != head.content_size:
                 context.abort(
                     grpc.StatusCode.INVALID_ARGUMENT,
@@ -287,11 +305,9 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
                 signing_key=identity.signing_key,
             )
         error = (head.error_code, head.error_reason) if head.is_error else None
-        stored = self._state.store_reply(
+        return self._state.store_reply(
             meta, content, error, head.signature, actor=actor_of(identity)
         )
-        self._hub.replies(stored.run_id).bump()
-        return pb.PushReplyResponse(message_id=stored.message_id)
 
     def _check_frame(self, content: BlobRef) -> None:
         """Decode the stored reply in place (copy-on-write map): a bad frame raises WireError."""

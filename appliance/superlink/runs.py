@@ -256,7 +256,10 @@ class RunLauncher:
             _log.warning("run already settled", run_id=process.run_id, error=str(exc))
         with self._lock:
             self._processes.pop(process.run_id, None)
+            idle = not self._processes
         process.bodies.close()
+        if idle:  # no run in flight: the data dir gives back its spare body files
+            self._state.blobs.drop_spares()
         try:
             released = self._state.release_run_bodies(process.run_id)
             _log.info("run bodies released", run_id=process.run_id, blobs=len(released))

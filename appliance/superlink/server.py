@@ -124,6 +124,8 @@ class SuperLinkConfig:
     control_address: str = "127.0.0.1:9093"
     appio_host: str = "127.0.0.1"
     max_message_bytes: int = 2 * 2**30
+    #: Bytes of handed-out message bodies kept as files to overwrite (BlobStore).
+    spare_body_bytes: int = 2**30
     keepalive_s: float = 5.0
     node_grace_s: float = 3.0
     replay_window_s: float = 60.0
@@ -159,7 +161,9 @@ class SuperLink:
 
     def __init__(self, config: SuperLinkConfig) -> None:
         self.config = config
-        self.state = State.open(config.database, data_dir=config.data_dir)
+        self.state = State.open(
+            config.database, data_dir=config.data_dir, spare_bytes=config.spare_body_bytes
+        )
         try:
             self.audit = SuperLinkAudit(self.state, config.audit, data_dir=config.data_dir)
         except BaseException:
@@ -287,19 +291,17 @@ class SuperLink:
             runs_dir=cfg.data_dir.resolve() / "runs",
             appio_address=f"{cfg.appio_host}:{self.appio_port}",
             max_message_bytes=cfg.max_message_bytes,
-            on_run_ended=self._sign_run_record,
+            on_run_ended=self._run_ended,
         )
-        appio_pb2_grpc.add_AppIoServicer_to_server(
-            AppIoServicer(
-                self.state,
-                self.hub,
-                self.launcher,
-                max_message_bytes=cfg.max_message_bytes,
-                on_offline_destination=self._node_went_offline,
-                privacy=self.privacy,
-            ),
-            appio,
+        self._appio = AppIoServicer(
+            self.state,
+            self.hub,
+            self.launcher,
+            max_message_bytes=cfg.max_message_bytes,
+            on_offline_destination=self._node_went_offline,
+            privacy=self.privacy,
         )
+        appio_pb2_grpc.add_AppIoServicer_to_server(self._appio, appio)
         verifier = RequestVerifier(window_s=cfg.replay_window_s)
         meter = FleetByteMeter(self.metrics.fleet_received_bytes, self.metrics.fleet_sent_bytes)
         fleet = self._secure_server("fleet", FLEET_METHODS, verifier, meter)
@@ -382,8 +384,10 @@ class SuperLink:
         )
         return self._server(name, *outer, ErrorTranslator(), auth)
 
-    def _sign_run_record(self, _run_id: int) -> None:
-        """A run ended: sign a tree head now, so its record is witnessed without delay."""
+    def _run_ended(self, run_id: int) -> None:
+        """A run ended: drop its upload holds; sign a tree head now, so its record is
+        witnessed without delay."""
+        self._appio.forget_run(run_id)
         self.audit.sign_now()
 
     def _refused(self, refusal: Refusal) -> None:

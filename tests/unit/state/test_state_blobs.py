@@ -1,8 +1,11 @@
 """The content-addressed blob store (file system only) and blob gc through the state."""
 
 import hashlib
+import mmap
 import os
+import socket
 import stat
+import threading
 import time
 
 import pytest
@@ -333,3 +336,183 @@ def test_open_fd_hashes_a_new_file_version_again(store, monkeypatch):
         store.open_fd(ref.sha256)
     assert calls == [MIB, MIB]
     assert _open_fds() == before
+
+
+def test_delete_unreferenced_asks_about_unheld_blobs_only(store):
+    held = store.put_stream([b"held"], max_bytes=4, hold=True)
+    used, free = store.put_bytes(b"used"), store.put_bytes(b"free")
+    asked = []
+
+    def referenced(shas):
+        asked.append(set(shas))
+        return {used.sha256} & shas
+
+    deleted = store.delete_unreferenced([held.sha256, used.sha256, free.sha256], referenced)
+    assert deleted == [free.sha256]
+    assert asked == [{used.sha256, free.sha256}]
+    assert _files(store) == sorted([held.sha256, used.sha256])
+
+
+def test_holds_count_and_extra_releases_are_ignored(store):
+    first = store.put_stream([b"twice"], max_bytes=5, hold=True)
+    store.put_stream([b"twice"], max_bytes=5, durable=False, hold=True)
+    store.release(first.sha256)
+    assert store.delete_unreferenced([first.sha256], lambda _: set()) == []
+    store.release(first.sha256)
+    store.release(first.sha256)  # one too many: no error, no negative count
+    assert store.delete_unreferenced([first.sha256], lambda _: set()) == [first.sha256]
+    again = store.put_stream([b"twice"], max_bytes=5, hold=True)
+    assert store.delete_unreferenced([again.sha256], lambda _: set()) == []
+
+
+def test_a_failed_write_takes_no_hold(store):
+    with pytest.raises(BlobTooLarge):
+        store.put_stream([b"too long"], max_bytes=3, hold=True)
+    ref = store.put_bytes(b"too long")
+    assert store.delete_unreferenced([ref.sha256], lambda _: set()) == [ref.sha256]
+
+
+def test_delete_unreferenced_refuses_a_malformed_name(store):
+    with pytest.raises(InvalidArgument):
+        store.delete_unreferenced(["../escape"], lambda _: set())
+
+
+def test_a_writer_storing_the_same_bytes_during_a_delete_keeps_its_blob(store):
+    """A commit waits for a delete in progress, then writes the file again."""
+    ref = store.put_bytes(b"contended")
+    reached_commit = threading.Event()
+
+    def chunks():
+        yield b"contended"
+        reached_commit.set()  # the writer now commits: it must wait for the delete
+
+    writer = threading.Thread(
+        target=lambda: store.put_stream(chunks(), max_bytes=9, durable=False, hold=True)
+    )
+
+    def referenced(_shas):
+        writer.start()
+        assert reached_commit.wait(10)
+        time.sleep(0.1)  # let the writer reach the commit
+        return set()
+
+    assert store.delete_unreferenced([ref.sha256], referenced) == [ref.sha256]
+    writer.join(10)
+    assert store.read_bytes(ref.sha256) == b"contended"
+    assert store.delete_unreferenced([ref.sha256], lambda _: set()) == []  # and it is held
+
+
+def _spare_store(tmp_path, spare_bytes=8 * MIB):
+    return BlobStore(tmp_path / "spares", spare_bytes=spare_bytes)
+
+
+def _handed_out(store, data):
+    """Store ``data`` as a message body, then delete it as handed out."""
+    ref = store.put_stream([data], max_bytes=len(data), durable=False)
+    inode = os.stat(store.directory / ref.sha256).st_ino
+    assert store.delete_unreferenced([ref.sha256], lambda _: set()) == [ref.sha256]
+    assert not store.exists(ref.sha256)
+    return ref, inode
+
+
+@pytest.mark.parametrize("size", [MIB, 3 * MIB, 2 * MIB + 5])
+def test_a_handed_out_body_s_file_is_overwritten_by_the_next_body(tmp_path, size):
+    store = _spare_store(tmp_path)
+    _, inode = _handed_out(store, os.urandom(2 * MIB))
+    data = os.urandom(size)  # shorter, longer, unaligned: the old tail never shows
+    ref = store.put_stream([data[:MIB], data[MIB:]], max_bytes=size, durable=False)
+    assert os.stat(store.directory / ref.sha256).st_ino == inode
+    assert store.read_bytes(ref.sha256) == data
+    assert _files(store) == [ref.sha256]
+
+
+def test_a_spare_someone_still_reads_is_not_reused(tmp_path):
+    store = _spare_store(tmp_path)
+    old = os.urandom(2 * MIB)
+    ref = store.put_stream([old], max_bytes=len(old), durable=False)
+    fd = store.open_fd(ref.sha256)  # e.g. a descriptor handed to a ServerApp
+    try:
+        _, inode = _handed_out_again(store, ref)
+        new = os.urandom(2 * MIB)
+        fresh = store.put_stream([new], max_bytes=len(new), durable=False)
+        assert os.stat(store.directory / fresh.sha256).st_ino != inode
+        assert os.pread(fd, len(old) + 1, 0) == old
+        assert store.read_bytes(fresh.sha256) == new
+        assert _files(store) == [fresh.sha256]  # the shared spare was removed
+    finally:
+        os.close(fd)
+
+
+def _handed_out_again(store, ref):
+    inode = os.stat(store.directory / ref.sha256).st_ino
+    assert store.delete_unreferenced([ref.sha256], lambda _: set()) == [ref.sha256]
+    return ref, inode
+
+
+def test_a_mapped_spare_is_not_reused(tmp_path):
+    store = _spare_store(tmp_path)
+    old = os.urandom(MIB)
+    ref = store.put_stream([old], max_bytes=len(old), durable=False)
+    with open(store.directory / ref.sha256, "rb") as file:
+        view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+    try:
+        _, inode = _handed_out_again(store, ref)
+        fresh = store.put_stream([os.urandom(MIB)], max_bytes=MIB, durable=False)
+        assert os.stat(store.directory / fresh.sha256).st_ino != inode
+        assert view[:] == old
+    finally:
+        view.close()
+
+
+def test_spares_are_bounded_and_small_or_durable_files_are_not_kept(tmp_path):
+    store = _spare_store(tmp_path, spare_bytes=3 * MIB)
+    bodies = [os.urandom(2 * MIB), os.urandom(2 * MIB), b"small"]
+    refs = [store.put_stream([b], max_bytes=len(b), durable=False) for b in bodies]
+    deleted = store.delete_unreferenced([r.sha256 for r in refs], lambda _: set())
+    assert deleted == sorted(r.sha256 for r in refs)
+    assert len([n for n in _files(store) if n.startswith(".spare-")]) == 1
+    durable = store.put_bytes(os.urandom(2 * MIB))  # bundles and artifacts: fresh files
+    small = store.put_stream([b"tiny"], max_bytes=4, durable=False)
+    assert len([n for n in _files(store) if n.startswith(".spare-")]) == 1
+    assert store.read_bytes(durable.sha256) and store.read_bytes(small.sha256) == b"tiny"
+
+
+def test_without_spare_bytes_a_deleted_body_is_gone(store):
+    _handed_out(store, os.urandom(2 * MIB))
+    assert _files(store) == []
+
+
+def test_gc_removes_idle_spares(tmp_path):
+    store = _spare_store(tmp_path)
+    _handed_out(store, os.urandom(2 * MIB))
+    assert store.gc(set(), min_age_s=0, now=time.time() + 10) == []
+    assert _files(store) == []
+    data = os.urandom(MIB)  # the store copes with its spare gone
+    ref = store.put_stream([data], max_bytes=MIB, durable=False)
+    assert store.read_bytes(ref.sha256) == data
+
+
+def test_drop_spares_removes_them(tmp_path):
+    store = _spare_store(tmp_path)
+    _handed_out(store, os.urandom(2 * MIB))
+    store.drop_spares()
+    assert _files(store) == []
+
+
+def test_a_spare_whose_descriptor_is_in_flight_on_a_socket_is_not_reused(tmp_path):
+    store = _spare_store(tmp_path)
+    old = os.urandom(MIB)
+    ref = store.put_stream([old], max_bytes=len(old), durable=False)
+    left, right = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with left, right:
+        fd = store.open_fd(ref.sha256)
+        socket.send_fds(left, [b"ticket"], [fd])
+        os.close(fd)  # the only reference left is the one queued on the socket
+        _, inode = _handed_out_again(store, ref)
+        fresh = store.put_stream([os.urandom(MIB)], max_bytes=MIB, durable=False)
+        assert os.stat(store.directory / fresh.sha256).st_ino != inode
+        _, [received], _, _ = socket.recv_fds(right, 16, 1)
+        try:
+            assert os.pread(received, MIB + 1, 0) == old
+        finally:
+            os.close(received)

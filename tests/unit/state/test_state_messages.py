@@ -87,7 +87,8 @@ def test_full_lifecycle(state, clock, world, body, request_meta, reply_meta):
     assert state.mark_replies_delivered([reply.message_id]) == 0
     assert state.replies_for(world.run_id, [meta.message_id]) == []
     assert state.get_message(reply.message_id).status is MessageStatus.DELIVERED
-    assert b"".join(state.blobs.open_chunks(reply.content.sha256)) == b"updated weights"
+    assert not state.blobs.exists(reply.content.sha256)  # handed out: its body is dropped
+    assert state.get_message(reply.message_id).content == reply.content  # the record stays
 
 
 def test_error_reply(state, world, delivered, reply_meta):
