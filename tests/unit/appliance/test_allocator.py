@@ -15,7 +15,7 @@ import resource, sys
 from appliance.allocator import keep_freed_buffers
 if sys.argv[1] == "tuned":
     assert keep_freed_buffers()
-body = bytes(4 * 1024 * 1024)
+body = bytes(int(sys.argv[2]))
 faults = []
 for _ in range(5):  # a message's life: received into a buffer, copied once, both freed
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
@@ -31,9 +31,9 @@ glibc_only = pytest.mark.skipif(
 )
 
 
-def _later_faults(mode: str) -> int:
+def _later_faults(mode: str, size: int) -> int:
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _PROBE, mode, str(size)], capture_output=True, text=True, check=True
     )
     return int(out.stdout)
 
@@ -44,7 +44,9 @@ def test_tuning_is_applied():
 
 
 @glibc_only
-def test_a_freed_buffer_is_reused_without_page_faults():
-    pages = 8 * 1024 * 1024 // 4096  # per message: two 4 MiB buffers
-    assert _later_faults("default") >= 2 * pages  # glibc handed them back: faulted afresh
-    assert _later_faults("tuned") < pages // 4  # the first message's pages are reused
+@pytest.mark.parametrize("mib", [4, 40])  # 40 MiB: over glibc's largest mmap threshold
+def test_a_freed_buffer_is_reused_without_page_faults(mib):
+    size = mib * 1024 * 1024
+    pages = 2 * size // 4096  # per message: two buffers
+    assert _later_faults("default", size) >= 2 * pages  # handed back: faulted afresh
+    assert _later_faults("tuned", size) < pages // 4  # the first message's pages are reused
