@@ -9,6 +9,7 @@ from types import FrameType
 
 import click
 
+from appliance.allocator import share_one_heap
 from appliance.cli.health import health_address_option, health_service, metrics_address_option
 from appliance.cli.reload import reload_on_sighup
 from appliance.logs import configure_logging
@@ -106,6 +107,7 @@ def superlink(
     flight ("superlink shut down"), signs the audit log's last tree head and exits.
     """
     configure_logging("json", level=logging.INFO)
+    share_one_heap()
     if not insecure and None in (ca, cert, key):
         raise click.UsageError(
             "--ca, --cert and --key are required (or --insecure for development)"

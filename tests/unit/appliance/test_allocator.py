@@ -50,3 +50,36 @@ def test_a_freed_buffer_is_reused_without_page_faults(mib):
     pages = 2 * size // 4096  # per message: two buffers
     assert _later_faults("default", size) >= 2 * pages  # handed back: faulted afresh
     assert _later_faults("tuned", size) < pages // 4  # the first message's pages are reused
+
+
+_THREADS_PROBE = """
+import ctypes, sys, threading
+from appliance.allocator import share_one_heap
+if sys.argv[1] == "tuned":
+    assert share_one_heap()
+addresses = []
+def allocate():
+    buffer = bytearray(64 * 1024)  # over pymalloc's limit, under glibc's mmap threshold
+    addresses.append(ctypes.addressof((ctypes.c_char * len(buffer)).from_buffer(buffer)))
+threads = [threading.Thread(target=allocate) for _ in range(6)]
+for thread in threads:
+    thread.start()
+    thread.join()
+with open("/proc/self/maps") as maps:
+    heap = next(line for line in maps if line.rstrip().endswith("[heap]"))
+start, end = (int(x, 16) for x in heap.split()[0].split("-"))
+print(sum(not start <= a < end for a in addresses))
+"""
+
+
+def _outside_main_heap(mode: str) -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", _THREADS_PROBE, mode], capture_output=True, text=True, check=True
+    )
+    return int(out.stdout)
+
+
+@glibc_only
+def test_threads_share_the_main_heap():
+    assert _outside_main_heap("default") > 0  # a heap per thread
+    assert _outside_main_heap("tuned") == 0
