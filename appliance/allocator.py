@@ -10,9 +10,9 @@ before. On a virtual machine that faulting costs more than the copy it serves
 1) instead of one heap per thread. gRPC serves each node's stream on its own thread, so
 with a heap per thread the freed chunks of one stream are not reused by another: the
 SuperLink's memory grew by about 5 MB per connected node, and pages were faulted in
-again and again (measured on a 10 nodes x 1M values round: SuperLink growth 91 -> 49
-MB, and the round 0.42 -> 0.31 s). Every process calls it first thing, before
-threads start.
+again and again (measured on a 10 nodes x 1M values round: SuperLink growth 91 ->
+53 MB, and the round 0.42 -> 0.32-0.35 s). Every process calls it first thing,
+before threads start.
 
 :func:`keep_freed_buffers` also makes glibc serve every allocation from its heaps
 (``M_MMAP_MAX`` 0: a 40 MB model buffer too, which is over the largest mmap
