@@ -8,13 +8,13 @@ ends, for the submitting data scientist to pull.
 from __future__ import annotations
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from appliance.state._messages import blobs_in_use
 from appliance.state._store import Store, check_id, check_text
 from appliance.state.errors import InvalidArgument, NotFound, RunNotFound
 
 __all__ = ["ArtifactNotFound", "ArtifactStore"]
-from appliance.state.models import ArtifactRow, BundleRow, MessageRow, RunRow
+from appliance.state.models import ArtifactRow, RunRow
 from appliance.state.values import Artifact, BlobRef
 
 MAX_ARTIFACT_NAME_CHARS = 256
@@ -24,14 +24,6 @@ class ArtifactNotFound(NotFound):
     """No artifact of that name in that run."""
 
     kind = "artifact"
-
-
-def _unreferenced(session: Session, sha256: str) -> bool:
-    """Whether no artifact, message or bundle points at ``sha256`` any more."""
-    for column in (ArtifactRow.sha256, MessageRow.content_sha256, BundleRow.sha256):
-        if session.scalars(select(column).where(column == sha256).limit(1)).first() is not None:
-            return False
-    return True
 
 
 def _artifact(row: ArtifactRow) -> Artifact:
@@ -74,7 +66,7 @@ class ArtifactStore(Store):
 
     def _referenced(self, shas: set[str]) -> set[str]:
         with self._read() as session:
-            return {sha for sha in shas if not _unreferenced(session, sha)}
+            return blobs_in_use(session.connection(), shas)
 
     def list_artifacts(self, run_id: int) -> list[Artifact]:
         """A run's artifacts, by name.

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
-from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from appliance.message import SERVER_NODE_ID, Metadata
@@ -42,7 +42,7 @@ from appliance.state.errors import (
     RunNotFound,
     RunNotRunning,
 )
-from appliance.state.models import BundleRow, MessageRow, NodeRow, RunRow
+from appliance.state.models import ArtifactRow, BundleRow, MessageRow, NodeRow, RunRow
 from appliance.state.values import BlobRef, MessageStatus, RunStatus, StoredMessage
 
 #: Most requests one ``queued_for_node`` returns.
@@ -113,6 +113,28 @@ _IN_FLIGHT_FOR_NODE = (
     )
     .order_by(_M.created_at, _M.message_id)
 )
+
+# A blob is still needed while a bundle, an artifact or a message other than a delivered
+# reply (which is never handed out again) points at it.
+_BLOBS_IN_USE = (
+    select(_M.content_sha256)
+    .where(
+        _M.content_sha256.in_(bindparam("shas", expanding=True)),
+        or_(_M.reply_to_message_id.is_(None), _M.status != DELIVERED),
+    )
+    .union(
+        select(BundleRow.sha256).where(BundleRow.sha256.in_(bindparam("shas"))),
+        select(ArtifactRow.sha256).where(ArtifactRow.sha256.in_(bindparam("shas"))),
+    )
+)
+
+
+def blobs_in_use(conn: Connection, shas: set[str]) -> set[str]:
+    """Those of ``shas`` still needed (see ``_BLOBS_IN_USE``): never delete these."""
+    in_use: set[str] = set()
+    for chunk in in_chunks(sorted(shas)):
+        in_use.update(conn.scalars(_BLOBS_IN_USE, {"shas": chunk}))
+    return in_use
 
 
 def message_from_row(row: Mapping[Any, Any]) -> StoredMessage:

@@ -29,6 +29,7 @@ from appliance.state._messages import (
     REPLIED,
     RUNS,
     MessageStore,
+    blobs_in_use,
     check_running,
     in_chunks,
     insert_messages,
@@ -49,7 +50,7 @@ from appliance.state.errors import (
     RunNotFound,
     WrongRun,
 )
-from appliance.state.models import ArtifactRow, BundleRow, MessageRow, RunRow
+from appliance.state.models import MessageRow, RunRow
 from appliance.state.values import BlobRef, StoredMessage
 
 #: Longest accepted node signature (a signed envelope) over a reply, in bytes.
@@ -86,18 +87,6 @@ _DELIVERED_BODIES = (
         _M.content_sha256.is_not(None),
     )
     .distinct()
-)
-# A body is still needed while any row other than a delivered reply points at it.
-_BODIES_IN_USE = (
-    select(_M.content_sha256)
-    .where(
-        _M.content_sha256.in_(bindparam("shas", expanding=True)),
-        or_(_M.reply_to_message_id.is_(None), _M.status != DELIVERED),
-    )
-    .union(
-        select(BundleRow.sha256).where(BundleRow.sha256.in_(bindparam("shas"))),
-        select(ArtifactRow.sha256).where(ArtifactRow.sha256.in_(bindparam("shas"))),
-    )
 )
 
 
@@ -395,9 +384,5 @@ class ReplyStore(MessageStore):
         return changed
 
     def _bodies_in_use(self, shas: set[str]) -> set[str]:
-        in_use: set[str] = set()
         with self._read() as session:
-            conn = session.connection()
-            for chunk in in_chunks(sorted(shas)):
-                in_use.update(conn.scalars(_BODIES_IN_USE, {"shas": chunk}))
-        return in_use
+            return blobs_in_use(session.connection(), shas)

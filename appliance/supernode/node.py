@@ -373,10 +373,7 @@ class SuperNode:
                 f"its head declared {head.content_size}"
             )
         frame = bytearray(delivery.content)  # decoded in place, like a pulled body
-        self.metrics.received("message", len(frame))
-        content = decode_record_dict(frame, max_bytes=self.config.max_message_bytes)
-        message = Message.from_parts(decode_metadata(head.metadata), content)
-        return _Pulled(message, head, frame, head.audit_proof_from, started)
+        return self._received(head, frame, head.audit_proof_from, started)
 
     def _pull(self, message_id: str, site: SiteAudit) -> _Pulled:
         started = time.monotonic()
@@ -392,10 +389,16 @@ class SuperNode:
         if head is None or assembler is None:
             raise ValueError(f"message {message_id} arrived without its head")
         frame = assembler.finish()  # decoded in place: the arrays are views of it
+        return self._received(head, frame, request.witness_size, started)
+
+    def _received(
+        self, head: pb.MessageHead, frame: bytearray, witness_size: int, started: float
+    ) -> _Pulled:
+        """Decode a message's frame (in place) into what ``_process`` answers."""
         self.metrics.received("message", len(frame))
         content = decode_record_dict(frame, max_bytes=self.config.max_message_bytes)
         message = Message.from_parts(decode_metadata(head.metadata), content)
-        return _Pulled(message, head, frame, request.witness_size, started)
+        return _Pulled(message, head, frame, witness_size, started)
 
     def _witness(self, site: SiteAudit, pulled: _Pulled) -> None:
         """Record the SuperLink's tree head; cosign it if it extends the last one."""

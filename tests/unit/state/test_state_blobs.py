@@ -406,19 +406,22 @@ def _spare_store(tmp_path, spare_bytes=8 * MIB):
     return BlobStore(tmp_path / "spares", spare_bytes=spare_bytes)
 
 
-def _handed_out(store, data):
-    """Store ``data`` as a message body, then delete it as handed out."""
-    ref = store.put_stream([data], max_bytes=len(data), durable=False)
+def _hand_out(store, ref):
+    """Delete a stored body as handed out; return its file's inode."""
     inode = os.stat(store.directory / ref.sha256).st_ino
     assert store.delete_unreferenced([ref.sha256], lambda _: set()) == [ref.sha256]
     assert not store.exists(ref.sha256)
-    return ref, inode
+    return inode
+
+
+def _store_and_hand_out(store, data):
+    return _hand_out(store, store.put_stream([data], max_bytes=len(data), durable=False))
 
 
 @pytest.mark.parametrize("size", [MIB, 3 * MIB, 2 * MIB + 5])
 def test_a_handed_out_body_s_file_is_overwritten_by_the_next_body(tmp_path, size):
     store = _spare_store(tmp_path)
-    _, inode = _handed_out(store, os.urandom(2 * MIB))
+    inode = _store_and_hand_out(store, os.urandom(2 * MIB))
     data = os.urandom(size)  # shorter, longer, unaligned: the old tail never shows
     ref = store.put_stream([data[:MIB], data[MIB:]], max_bytes=size, durable=False)
     assert os.stat(store.directory / ref.sha256).st_ino == inode
@@ -432,7 +435,7 @@ def test_a_spare_someone_still_reads_is_not_reused(tmp_path):
     ref = store.put_stream([old], max_bytes=len(old), durable=False)
     fd = store.open_fd(ref.sha256)  # e.g. a descriptor handed to a ServerApp
     try:
-        _, inode = _handed_out_again(store, ref)
+        inode = _hand_out(store, ref)
         new = os.urandom(2 * MIB)
         fresh = store.put_stream([new], max_bytes=len(new), durable=False)
         assert os.stat(store.directory / fresh.sha256).st_ino != inode
@@ -443,12 +446,6 @@ def test_a_spare_someone_still_reads_is_not_reused(tmp_path):
         os.close(fd)
 
 
-def _handed_out_again(store, ref):
-    inode = os.stat(store.directory / ref.sha256).st_ino
-    assert store.delete_unreferenced([ref.sha256], lambda _: set()) == [ref.sha256]
-    return ref, inode
-
-
 def test_a_mapped_spare_is_not_reused(tmp_path):
     store = _spare_store(tmp_path)
     old = os.urandom(MIB)
@@ -456,7 +453,7 @@ def test_a_mapped_spare_is_not_reused(tmp_path):
     with open(store.directory / ref.sha256, "rb") as file:
         view = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
     try:
-        _, inode = _handed_out_again(store, ref)
+        inode = _hand_out(store, ref)
         fresh = store.put_stream([os.urandom(MIB)], max_bytes=MIB, durable=False)
         assert os.stat(store.directory / fresh.sha256).st_ino != inode
         assert view[:] == old
@@ -478,13 +475,13 @@ def test_spares_are_bounded_and_small_or_durable_files_are_not_kept(tmp_path):
 
 
 def test_without_spare_bytes_a_deleted_body_is_gone(store):
-    _handed_out(store, os.urandom(2 * MIB))
+    _store_and_hand_out(store, os.urandom(2 * MIB))
     assert _files(store) == []
 
 
 def test_gc_removes_idle_spares(tmp_path):
     store = _spare_store(tmp_path)
-    _handed_out(store, os.urandom(2 * MIB))
+    _store_and_hand_out(store, os.urandom(2 * MIB))
     assert store.gc(set(), min_age_s=0, now=time.time() + 10) == []
     assert _files(store) == []
     data = os.urandom(MIB)  # the store copes with its spare gone
@@ -494,7 +491,7 @@ def test_gc_removes_idle_spares(tmp_path):
 
 def test_drop_spares_removes_them(tmp_path):
     store = _spare_store(tmp_path)
-    _handed_out(store, os.urandom(2 * MIB))
+    _store_and_hand_out(store, os.urandom(2 * MIB))
     store.drop_spares()
     assert _files(store) == []
 
@@ -508,7 +505,7 @@ def test_a_spare_whose_descriptor_is_in_flight_on_a_socket_is_not_reused(tmp_pat
         fd = store.open_fd(ref.sha256)
         socket.send_fds(left, [b"ticket"], [fd])
         os.close(fd)  # the only reference left is the one queued on the socket
-        _, inode = _handed_out_again(store, ref)
+        inode = _hand_out(store, ref)
         fresh = store.put_stream([os.urandom(MIB)], max_bytes=MIB, durable=False)
         assert os.stat(store.directory / fresh.sha256).st_ino != inode
         _, [received], _, _ = socket.recv_fds(right, 16, 1)
