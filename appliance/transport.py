@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
 
 from appliance.errors import ApplianceError
 
@@ -19,9 +24,16 @@ __all__ = [
     "CHUNK_BYTES",
     "REPLY_SIGNATURE_METHOD",
     "Assembler",
+    "ChunkPart",
+    "MalformedChunk",
     "TransportError",
+    "data_only",
+    "head_of",
     "iter_chunks",
+    "parse_chunk",
     "reply_digest",
+    "serialize_part",
+    "serialized_data_chunks",
     "witness_key_name",
 ]
 
@@ -30,6 +42,25 @@ REPLY_SIGNATURE_METHOD = "/greenhouse.fleet.v1.Fleet/PushReply"
 #: Bytes per data chunk on the wire (well under gRPC's default 4 MiB message limit).
 CHUNK_BYTES = 1024 * 1024
 _REPLY_DIGEST = struct.Struct(">4s32s?q32s32s")
+#: The first byte of a serialized chunk message whose ``data`` arm is set: field 2,
+#: length-delimited. Every chunk message of the Fleet API keeps its bytes there.
+_DATA_KEY = 0x12
+_MAX_VARINT_BYTES = 10
+
+
+@dataclass(frozen=True)
+class MalformedChunk:
+    """A chunk that did not parse, handed over in its place: gRPC would turn a
+    deserializer's exception into ``INTERNAL``; the handler refuses this one with
+    ``INVALID_ARGUMENT`` and the reason instead."""
+
+    reason: str
+
+
+#: One part of a chunked stream as its codec hands it over: the head message, a data
+#: piece as a view of the received bytes, or a chunk that did not parse.
+ChunkPart = ProtoMessage | memoryview | MalformedChunk
+H = TypeVar("H", bound=ProtoMessage)
 
 
 def witness_key_name(node_name: str) -> str:
@@ -51,6 +82,102 @@ def iter_chunks(data: bytes | bytearray | memoryview, size: int = CHUNK_BYTES) -
         yield bytes(view[start : start + size])
 
 
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def serialized_data_chunks(
+    data: bytes | bytearray | memoryview, size: int = CHUNK_BYTES
+) -> Iterator[bytes]:
+    """``data`` as serialized chunk messages with only their ``data`` arm set.
+
+    Byte for byte what ``Chunk(data=piece).SerializeToString()`` gives, made with one
+    copy of each piece where building and serializing the message copies it three
+    times. Send them through :func:`serialize_part`.
+    """
+    view = memoryview(data).cast("B")
+    for start in range(0, len(view), size):
+        piece = view[start : start + size]
+        yield b"".join((bytes((_DATA_KEY,)) + _varint(len(piece)), piece))
+
+
+def serialize_part(part: ProtoMessage | bytes) -> bytes:
+    """A chunk stream's serializer: a message, or bytes already serialized."""
+    return part if isinstance(part, bytes) else part.SerializeToString()
+
+
+def _data_view(wire: bytes) -> memoryview | None:
+    """The data of a chunk that is exactly ``data`` (key, length, bytes), else None."""
+    if len(wire) < 2 or wire[0] != _DATA_KEY:
+        return None
+    length = shift = 0
+    for index in range(1, min(len(wire), 1 + _MAX_VARINT_BYTES)):
+        byte = wire[index]
+        length |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            start = index + 1
+            return memoryview(wire)[start:] if length == len(wire) - start else None
+        shift += 7
+    return None
+
+
+def parse_chunk(chunk_type: type[ProtoMessage]) -> Callable[[bytes], ChunkPart]:
+    """A deserializer for a stream of ``chunk_type`` (a ``head``/``data`` oneof).
+
+    It hands over the head message, or the data as a view of the received bytes: a
+    data chunk is not copied into a message and out again. Anything but the plain
+    data encoding goes through the protobuf parser, so both read the same chunks
+    the same way; what it refuses comes as a :class:`MalformedChunk`.
+    """
+
+    def parse(wire: bytes) -> ChunkPart:
+        view = _data_view(wire)
+        if view is not None:
+            return view
+        try:
+            chunk: Any = chunk_type.FromString(wire)
+        except DecodeError as exc:
+            return MalformedChunk(f"a {chunk_type.__name__} could not be decoded: {exc}")
+        if chunk.WhichOneof("part") == "head":
+            return chunk.head  # type: ignore[no-any-return]
+        return memoryview(chunk.data)  # the data arm, or an empty chunk
+
+    return parse
+
+
+def data_only(parts: Iterable[ChunkPart]) -> Iterator[memoryview]:
+    """The data pieces of a stream's parts after its head.
+
+    Raises:
+        TransportError: another head, or a malformed chunk, arrives.
+    """
+    for part in parts:
+        if isinstance(part, MalformedChunk):
+            raise TransportError(part.reason)
+        if not isinstance(part, memoryview):
+            raise TransportError("a chunk stream carries one head, before its data")
+        yield part
+
+
+def head_of(parts: Iterator[ChunkPart], head_type: type[H]) -> H:
+    """The first of a stream's parts, which must be its head.
+
+    Raises:
+        TransportError: the stream is empty or starts otherwise.
+    """
+    first = next(parts, None)
+    if isinstance(first, MalformedChunk):
+        raise TransportError(first.reason)
+    if not isinstance(first, head_type):
+        raise TransportError("a chunk stream must start with its head")
+    return first
+
+
 class Assembler:
     """Collects a body of exactly ``expected`` bytes (at most ``max_bytes``) from chunks.
 
@@ -66,7 +193,7 @@ class Assembler:
         self._view = memoryview(self._buffer)
         self._filled = 0
 
-    def add(self, chunk: bytes) -> None:
+    def add(self, chunk: bytes | memoryview) -> None:
         """Append one chunk."""
         end = self._filled + len(chunk)
         if end > len(self._buffer):

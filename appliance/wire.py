@@ -50,6 +50,7 @@ __all__ = [
     "decode_metadata",
     "decode_record_dict",
     "encode_message",
+    "encode_message_parts",
     "encode_metadata",
     "encode_record_dict",
 ]
@@ -142,7 +143,7 @@ def _record_dict_to_proto(records: RecordDict, out: pb.RecordDict, payload: _Pay
                 _value_to_proto(value, target.entries.add(key=key).value)
 
 
-def _frame(kind: bytes, header: ProtoMessage, payload: _Payload) -> bytes:
+def _frame_parts(kind: bytes, header: ProtoMessage, payload: _Payload) -> list[Any]:
     header_bytes = header.SerializeToString(deterministic=True)
     if len(header_bytes) > MAX_HEADER_BYTES:
         raise WireError(
@@ -150,7 +151,11 @@ def _frame(kind: bytes, header: ProtoMessage, payload: _Payload) -> bytes:
             "move large values into an ArrayRecord"
         )
     prefix = _PREFIX.pack(MAGIC, kind, len(header_bytes))
-    return b"".join([prefix, header_bytes, *payload.parts])
+    return [prefix, header_bytes, *payload.parts]
+
+
+def _frame(kind: bytes, header: ProtoMessage, payload: _Payload) -> bytes:
+    return b"".join(_frame_parts(kind, header, payload))
 
 
 def encode_record_dict(records: RecordDict) -> bytes:
@@ -182,6 +187,13 @@ def encode_metadata(metadata: Metadata) -> bytes:
 
 def encode_message(message: Message) -> bytes:
     """Encode a ``Message`` (metadata plus content or error) as one frame."""
+    return b"".join(encode_message_parts(message))
+
+
+def encode_message_parts(message: Message) -> list[Any]:
+    """The frame of :func:`encode_message` as the buffers it joins, the arrays' own
+    memory among them (valid while the message's arrays are unchanged): for writing
+    a frame out without building it first."""
     header = pb.Message(metadata=_metadata_to_proto(message.metadata))
     payload = _Payload()
     if message.has_error():
@@ -190,7 +202,7 @@ def encode_message(message: Message) -> bytes:
     else:
         header.content.SetInParent()
         _record_dict_to_proto(message.content, header.content, payload)
-    return _frame(KIND_MESSAGE, header, payload)
+    return _frame_parts(KIND_MESSAGE, header, payload)
 
 
 # --- decoding ------------------------------------------------------------------------

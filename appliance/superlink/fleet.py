@@ -40,14 +40,24 @@ from appliance.state import (
 from appliance.superlink.audit_trail import SuperLinkAudit, actor_of
 from appliance.superlink.hub import Hub, MessageNotice
 from appliance.superlink.runs import BUNDLE_SIGNATURE
-from appliance.transport import REPLY_SIGNATURE_METHOD, reply_digest, witness_key_name
+from appliance.transport import (
+    REPLY_SIGNATURE_METHOD,
+    ChunkPart,
+    data_only,
+    head_of,
+    parse_chunk,
+    reply_digest,
+    serialize_part,
+    serialized_data_chunks,
+    witness_key_name,
+)
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata
 from audit import AuditError, parse_verifier_key
 from certs.grpc_auth import identity_from_context
 from certs.identity import Identity
 from certs.signing import EnvelopeKind, RequestVerifier, SignedEnvelope
 
-__all__ = ["FleetServicer"]
+__all__ = ["FleetServicer", "add_fleet_to_server"]
 
 _log = get_logger("appliance.superlink.fleet")
 #: Run contexts kept in memory (a run's context never changes; the memo is cleared when full).
@@ -173,14 +183,14 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
 
     def PullMessage(
         self, request: pb.PullMessageRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.MessageChunk]:
+    ) -> Iterator[pb.MessageChunk | bytes]:
         _, node = self._caller(context)
         stored = self._state.mark_delivered(request.message_id, node.node_id)
         self._witnessed[node.node_id] = request.witness_size
         yield pb.MessageChunk(head=self._head(stored, node.node_id, request.witness_size))
         if stored.content is not None:
-            for chunk in self._state.blobs.open_chunks(stored.content.sha256):
-                yield pb.MessageChunk(data=chunk)
+            for window in self._state.blobs.mapped_chunks(stored.content.sha256):
+                yield from serialized_data_chunks(window)
 
     def _head(self, stored: StoredMessage, node_id: int, witness_size: int) -> pb.MessageHead:
         """A delivered message's head, with the latest tree head and the proof to it."""
@@ -214,16 +224,12 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         return context
 
     def PushReply(
-        self, request_iterator: Iterator[pb.ReplyChunk], context: grpc.ServicerContext
+        self, request_iterator: Iterator[ChunkPart], context: grpc.ServicerContext
     ) -> pb.PushReplyResponse:
+        """A reply streamed as its head, then data (parts from :func:`parse_chunk`)."""
         identity, node = self._caller(context)
-        first = next(request_iterator, None)
-        if first is None or not first.HasField("head"):
-            context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "a reply stream must start with its head"
-            )
-        data = (chunk.data for chunk in request_iterator)
-        return self._admit_reply(identity, node, first.head, data, context)
+        head = head_of(request_iterator, pb.ReplyHead)
+        return self._admit_reply(identity, node, head, data_only(request_iterator), context)
 
     def PushWholeReply(
         self, request: pb.WholeReply, context: grpc.ServicerContext
@@ -238,7 +244,7 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         identity: Identity,
         node: Enrolment,
         head: pb.ReplyHead,
-        data: Iterable[bytes],
+        data: Iterable[bytes | memoryview],
         context: grpc.ServicerContext,
     ) -> pb.PushReplyResponse:
         """Check, store and signal one reply (see the module's docstring)."""
@@ -399,6 +405,36 @@ class FleetServicer(fleet_pb2_grpc.FleetServicer):
         yield pb.BundleChunk(head=pb.BundleHead(sha256=bundle.sha256, size=bundle.size))
         for chunk in self._state.open_bundle(bundle.sha256):
             yield pb.BundleChunk(data=chunk)
+
+
+class _Registration:
+    """Stands in for a server to take the generated code's method handlers."""
+
+    def __init__(self) -> None:
+        self.handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def add_generic_rpc_handlers(self, _handlers: object) -> None:
+        pass
+
+    def add_registered_method_handlers(
+        self, _service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        self.handlers = dict(handlers)
+
+
+def add_fleet_to_server(servicer: FleetServicer, server: grpc.Server) -> None:
+    """Serve the Fleet API, its bulk streams through the chunk codec of
+    :mod:`appliance.transport` (the same bytes on the wire, fewer copies)."""
+    registration = _Registration()
+    fleet_pb2_grpc.add_FleetServicer_to_server(servicer, registration)
+    handlers = registration.handlers
+    handlers["PullMessage"] = handlers["PullMessage"]._replace(response_serializer=serialize_part)
+    handlers["PushReply"] = handlers["PushReply"]._replace(
+        request_deserializer=parse_chunk(pb.ReplyChunk)
+    )
+    service = pb.DESCRIPTOR.services_by_name["Fleet"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
+    server.add_registered_method_handlers(service, handlers)
 
 
 def _receipt_line(receipt: Receipt) -> str:

@@ -33,13 +33,13 @@ import grpc
 from appliance.logs import get_logger
 from appliance.message import ErrorCode
 from appliance.metrics import FleetByteMeter, SuperLinkMetrics
-from appliance.proto import appio_pb2_grpc, control_pb2_grpc, fleet_pb2_grpc
+from appliance.proto import appio_pb2_grpc, control_pb2_grpc
 from appliance.state import AlreadyReplied, RunStatus, State
 from appliance.superlink.appio import AppIoServicer
 from appliance.superlink.audit_trail import AuditSettings, SuperLinkAudit, sink_for
 from appliance.superlink.control import ControlServicer
 from appliance.superlink.errors import ErrorTranslator
-from appliance.superlink.fleet import FleetServicer
+from appliance.superlink.fleet import FleetServicer, add_fleet_to_server
 from appliance.superlink.hub import Hub
 from appliance.superlink.privacy import PrivacyTracker
 from appliance.superlink.runs import RunLauncher
@@ -305,7 +305,7 @@ class SuperLink:
         verifier = RequestVerifier(window_s=cfg.replay_window_s)
         meter = FleetByteMeter(self.metrics.fleet_received_bytes, self.metrics.fleet_sent_bytes)
         fleet = self._secure_server("fleet", FLEET_METHODS, verifier, meter)
-        fleet_pb2_grpc.add_FleetServicer_to_server(
+        add_fleet_to_server(
             FleetServicer(
                 self.state,
                 self.hub,

@@ -1,69 +1,32 @@
 """The ClientApp subprocess: one per run, kept alive for the whole run.
 
 The SuperNode starts ``python -m appliance.supernode.clientapp_entry APP_DIR`` (which
-applies the site's limits, then calls :func:`main`) with two extra pipe file
-descriptors (numbers in the environment): it writes length-prefixed message frames
-to one and reads reply frames from the other, so the app's own ``print`` output on
-stdout/stderr can never corrupt the protocol. Keeping the process for the run means
-the interpreter and the app's imports are paid once, and ``Context.state`` persists
-across the run's messages.
-
-Frames use :mod:`appliance.wire`; a frame is preceded by its length as an 8-byte
-big-endian integer.
+applies the site's limits, then calls :func:`main`) with one end of a Unix socket
+pair (its number in the environment): it sends message frames on it and reads reply
+frames back (:mod:`appliance.supernode.frames`), so the app's own ``print`` output
+on stdout/stderr can never corrupt the protocol. Keeping the process for the run
+means the interpreter and the app's imports are paid once, and ``Context.state``
+persists across the run's messages.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import struct
-from typing import BinaryIO
+import socket
 
 from appliance.appconfig import load_app_spec, load_component
 from appliance.clientapp import ClientApp, ErrorDetail
 from appliance.context import Context
 from appliance.errors import ApplianceError
 from appliance.message import Error, ErrorCode, Message
-from appliance.wire import decode_message, encode_message
+from appliance.supernode.frames import FrameError, receive_frame, send_frame
+from appliance.wire import decode_message, encode_message_parts
 
-__all__ = ["ENV_IN_FD", "ENV_OUT_FD", "FRAME_LENGTH", "read_frame", "serve", "write_frame"]
+__all__ = ["ENV_CONTEXT", "ENV_SOCKET_FD", "main", "serve"]
 
-ENV_IN_FD = "GREENHOUSE_IN_FD"
-ENV_OUT_FD = "GREENHOUSE_OUT_FD"
+ENV_SOCKET_FD = "GREENHOUSE_FRAME_FD"
 ENV_CONTEXT = "GREENHOUSE_CLIENT_CONTEXT"
-#: Each frame on the pipes is preceded by its length, an 8-byte big-endian integer.
-FRAME_LENGTH = struct.Struct(">Q")
-
-
-class PipeClosed(ApplianceError):
-    """The other end of the frame pipe went away."""
-
-
-def write_frame(stream: BinaryIO, frame: bytes) -> None:
-    """Write one length-prefixed frame and flush."""
-    stream.write(FRAME_LENGTH.pack(len(frame)))
-    stream.write(frame)
-    stream.flush()
-
-
-def _read_exactly(stream: BinaryIO, count: int) -> bytearray:
-    buffer = bytearray(count)
-    view = memoryview(buffer)
-    filled = 0
-    while filled < count:
-        read = stream.readinto(view[filled:])  # type: ignore[attr-defined]
-        if not read:
-            raise PipeClosed(f"pipe closed after {filled} of {count} bytes")
-        filled += read
-    return buffer
-
-
-def read_frame(stream: BinaryIO, max_bytes: int) -> bytearray:
-    """Read one length-prefixed frame (at most ``max_bytes``)."""
-    (length,) = FRAME_LENGTH.unpack(_read_exactly(stream, FRAME_LENGTH.size))
-    if length > max_bytes:
-        raise PipeClosed(f"peer announced a {length}-byte frame, more than {max_bytes}")
-    return _read_exactly(stream, length)
 
 
 def _load(app_dir: str) -> tuple[ClientApp | None, str]:
@@ -76,15 +39,15 @@ def _load(app_dir: str) -> tuple[ClientApp | None, str]:
 
 def serve(
     app_dir: str,
-    inbox: BinaryIO,
-    outbox: BinaryIO,
+    channel: socket.socket,
     context: Context,
     *,
     error_detail: ErrorDetail,
     max_bytes: int,
     refused: str = "",
 ) -> None:
-    """Answer messages from ``inbox`` on ``outbox`` until the SuperNode closes the pipe.
+    """Answer the messages that arrive on ``channel`` until the SuperNode closes it
+    (or breaks the frame protocol).
 
     A non-empty ``refused`` (why the process could not be confined) means the app
     is never loaded: every message gets an error reply with that reason.
@@ -92,15 +55,17 @@ def serve(
     app, load_error = (None, refused) if refused else _load(app_dir)
     while True:
         try:
-            frame = read_frame(inbox, max_bytes)
-        except PipeClosed:
+            frame = receive_frame(channel, max_bytes)
+        except FrameError:
             return
         message = decode_message(frame)
+        del frame  # the message's arrays keep what they use of it
         if app is None:
             reply = Message(Error(ErrorCode.LOAD_CLIENT_APP_FAILED, load_error), reply_to=message)
         else:
             reply = app(message, context, error_detail=error_detail)
-        write_frame(outbox, encode_message(reply))
+        del message
+        send_frame(channel, encode_message_parts(reply))
 
 
 def main(argv: list[str], *, refused: str = "") -> int:
@@ -112,14 +77,10 @@ def main(argv: list[str], *, refused: str = "") -> int:
         node_config=dict(settings["node_config"]),
         run_config=dict(settings["run_config"]),
     )
-    with (
-        os.fdopen(int(os.environ.pop(ENV_IN_FD)), "rb", buffering=0) as inbox,
-        os.fdopen(int(os.environ.pop(ENV_OUT_FD)), "wb") as outbox,
-    ):
+    with socket.socket(fileno=int(os.environ.pop(ENV_SOCKET_FD))) as channel:
         serve(
             argv[0],
-            inbox,  # type: ignore[arg-type]
-            outbox,
+            channel,
             context,
             error_detail=ErrorDetail(settings.get("error_detail", "message")),
             max_bytes=int(settings["max_message_bytes"]),

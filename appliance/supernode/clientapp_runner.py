@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import json
 import os
-import select
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -24,56 +23,18 @@ from pathlib import Path
 
 from appliance.clientapp import ErrorDetail
 from appliance.context import UserConfig
-from appliance.errors import ApplianceError
 from appliance.logs import get_logger
 from appliance.message import Error, ErrorCode, Message
 from appliance.process_env import scrubbed_env
 from appliance.supernode.clientapp_entry import ENV_LIMITS
-from appliance.supernode.clientapp_process import (
-    ENV_CONTEXT,
-    ENV_IN_FD,
-    ENV_OUT_FD,
-    FRAME_LENGTH,
-)
+from appliance.supernode.clientapp_process import ENV_CONTEXT, ENV_SOCKET_FD
+from appliance.supernode.frames import FrameError, receive_frame, send_frame
 from appliance.supernode.limits import ResourceLimits
-from appliance.wire import WireError, decode_message, encode_message
+from appliance.wire import WireError, decode_message, encode_message_parts
 
 __all__ = ["ClientAppProcess"]
 
 _log = get_logger("appliance.supernode.clientapp")
-
-
-class _ChildFailed(ApplianceError):
-    pass
-
-
-#: Pipe capacity asked for (Linux): a 4 MB frame crosses in 4 reads, not 64.
-PIPE_BYTES = 1024 * 1024
-
-
-def _read_exactly(fd: int, count: int, deadline: float) -> bytearray:
-    buffer = bytearray(count)
-    view = memoryview(buffer)
-    filled = 0
-    while filled < count:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError
-        ready, _, _ = select.select([fd], [], [], remaining)
-        if not ready:
-            raise TimeoutError
-        read = os.readv(fd, [view[filled:]])
-        if not read:
-            raise _ChildFailed("the ClientApp process closed its pipe")
-        filled += read
-    return buffer
-
-
-def _widen(fd: int) -> None:
-    """Ask for a larger pipe buffer; the default (64 KiB) is kept if refused."""
-    if hasattr(fcntl, "F_SETPIPE_SZ"):
-        with contextlib.suppress(OSError):
-            fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 class ClientAppProcess:
@@ -110,17 +71,13 @@ class ClientAppProcess:
         self._extra_env = dict(extra_env or {})
         self._before_message = before_message  # e.g. re-arm the CPU-time limit
         self._process: subprocess.Popen[bytes] | None = None
-        self._to_child = -1
-        self._from_child = -1
+        self._channel: socket.socket | None = None
         self.restarts = 0
 
     def _start(self) -> None:
-        child_in, self._to_child = os.pipe()
-        self._from_child, child_out = os.pipe()
-        _widen(self._to_child)
-        _widen(child_out)
+        self._channel, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         env = scrubbed_env(self._extra_env)
-        env[ENV_IN_FD], env[ENV_OUT_FD] = str(child_in), str(child_out)
+        env[ENV_SOCKET_FD] = str(child_end.fileno())
         env[ENV_CONTEXT] = json.dumps(self._settings)
         if self._limits:
             env[ENV_LIMITS] = self._limits
@@ -129,7 +86,7 @@ class ClientAppProcess:
         try:
             self._process = subprocess.Popen(  # noqa: S603 -- fixed interpreter and module
                 [sys.executable, "-m", "appliance.supernode.clientapp_entry", str(self._app_dir)],
-                pass_fds=(child_in, child_out),
+                pass_fds=(child_end.fileno(),),
                 env=env,
                 cwd=self._work_dir,
                 stdin=subprocess.DEVNULL,
@@ -139,8 +96,7 @@ class ClientAppProcess:
             )
         finally:
             log.close()
-            os.close(child_in)
-            os.close(child_out)
+            child_end.close()
         _log.info("clientapp started", run_id=self._settings["run_id"], pid=self._process.pid)
 
     def handle(self, message: Message, *, timeout_s: float) -> Message:
@@ -148,29 +104,22 @@ class ClientAppProcess:
         if self._process is None or self._process.poll() is not None:
             if self._process is not None:
                 self.restarts += 1
-                self._close_pipes()
+                self._close_channel()
             self._start()
+        assert self._process is not None
+        assert self._channel is not None
         if self._before_message is not None:
             self._before_message(self._process.pid)
-        frame = encode_message(message)
         deadline = time.monotonic() + timeout_s
         try:
-            os.write(self._to_child, FRAME_LENGTH.pack(len(frame)))
-            view = memoryview(frame)
-            while view:
-                view = view[os.write(self._to_child, view) :]
-            (length,) = FRAME_LENGTH.unpack(
-                _read_exactly(self._from_child, FRAME_LENGTH.size, deadline)
-            )
-            if length > self._max_bytes:
-                raise _ChildFailed(f"the ClientApp sent a {length}-byte reply, over the limit")
-            reply = decode_message(_read_exactly(self._from_child, length, deadline))
+            send_frame(self._channel, encode_message_parts(message), deadline=deadline)
+            reply = decode_message(receive_frame(self._channel, self._max_bytes, deadline=deadline))
         except TimeoutError:
             self.stop()
             return self._error(message, f"the ClientApp did not reply within {timeout_s:g} s")
-        except (BrokenPipeError, _ChildFailed, WireError) as exc:
+        except (OSError, FrameError, WireError) as exc:
             code = self._process.wait(timeout=5) if self._process else None
-            self._close_pipes()
+            self._close_channel()
             return self._error(message, f"the ClientApp process failed ({exc}; exit code {code})")
         if reply.metadata.reply_to_message_id != message.metadata.message_id:
             self.stop()
@@ -182,18 +131,17 @@ class ClientAppProcess:
         _log.warning("clientapp failed", reason=reason)
         return Message(Error(ErrorCode.CLIENT_APP_CRASHED, reason), reply_to=message)
 
-    def _close_pipes(self) -> None:
-        for fd in (self._to_child, self._from_child):
-            if fd >= 0:
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-        self._to_child = self._from_child = -1
+    def _close_channel(self) -> None:
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            with contextlib.suppress(OSError):
+                channel.close()
 
     def kill(self) -> None:
         """Kill the child now, from any thread (a shutdown past its grace).
 
-        A :meth:`handle` in progress sees the pipe close and returns an error reply;
-        the pipes are left to it and to :meth:`stop`.
+        A :meth:`handle` in progress sees the socket close and returns an error reply;
+        the socket is left to it and to :meth:`stop`.
         """
         process = self._process
         if process is not None and process.poll() is None:
@@ -201,8 +149,8 @@ class ClientAppProcess:
                 os.killpg(process.pid, signal.SIGKILL)
 
     def stop(self, grace_s: float = 3.0) -> None:
-        """Close the pipes (the child exits on EOF), then terminate if it lingers."""
-        self._close_pipes()
+        """Close the socket (the child exits on EOF), then terminate if it lingers."""
+        self._close_channel()
         process, self._process = self._process, None
         if process is None or process.poll() is not None:
             return

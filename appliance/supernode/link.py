@@ -15,14 +15,16 @@ from pathlib import Path
 import grpc
 
 from appliance.logs import get_logger
+from appliance.proto import fleet_pb2 as pb
 from appliance.proto.fleet_pb2_grpc import FleetStub
+from appliance.transport import parse_chunk, serialize_part
 from certs import SigningInterceptor, load_certificate, node_credentials
 from certs.roles import Role
 from certs.signing import EnvelopeSigner
 from certs.unsafe_dev import UnsafeIdentityHeader
 from certs.verify import expiry_warning
 
-__all__ = ["Link", "insecure_link", "secure_link"]
+__all__ = ["Link", "fleet_stub", "insecure_link", "secure_link"]
 
 _log = get_logger("appliance.supernode")
 
@@ -32,6 +34,27 @@ _OPTIONS = [
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
 ]
+
+
+def fleet_stub(channel: grpc.Channel) -> FleetStub:
+    """The generated stub, its bulk streams through the chunk codec of
+    :mod:`appliance.transport`: ``PullMessage`` yields the head, then data as views of
+    the received bytes; ``PushReply`` takes serialized data chunks after the head."""
+    stub = FleetStub(channel)
+    service = "/" + pb.DESCRIPTOR.services_by_name["Fleet"].full_name
+    stub.PullMessage = channel.unary_stream(
+        f"{service}/PullMessage",
+        request_serializer=pb.PullMessageRequest.SerializeToString,
+        response_deserializer=parse_chunk(pb.MessageChunk),
+        _registered_method=True,
+    )
+    stub.PushReply = channel.stream_unary(
+        f"{service}/PushReply",
+        request_serializer=serialize_part,
+        response_deserializer=pb.PushReplyResponse.FromString,
+        _registered_method=True,
+    )
+    return stub
 
 
 @dataclass(frozen=True)
@@ -77,7 +100,7 @@ def secure_link(
     channel = grpc.intercept_channel(raw, SigningInterceptor(node.signing_key))
     return Link(
         channel=raw,
-        stub=FleetStub(channel),
+        stub=fleet_stub(channel),
         signer=EnvelopeSigner(node.signing_key),
         name=node.identity.name,
         fingerprint=node.identity.certificate_fingerprint,
@@ -90,4 +113,4 @@ def insecure_link(superlink: str, name: str) -> Link:
     _log.warning("INSECURE MODE: plain TCP, claimed identity, unsigned replies")
     raw = grpc.insecure_channel(superlink, options=_OPTIONS)
     channel = grpc.intercept_channel(raw, UnsafeIdentityHeader(Role.NODE, name))
-    return Link(channel=raw, stub=FleetStub(channel), signer=None, name=name)
+    return Link(channel=raw, stub=fleet_stub(channel), signer=None, name=name)

@@ -60,7 +60,14 @@ from appliance.supernode.policy import (
 from appliance.supernode.secagg_keys import secagg_credentials
 from appliance.supernode.site_audit import SiteAudit, TreeHeadRefused
 from appliance.supernode.site_files import SiteFiles
-from appliance.transport import REPLY_SIGNATURE_METHOD, Assembler, iter_chunks, reply_digest
+from appliance.transport import (
+    REPLY_SIGNATURE_METHOD,
+    Assembler,
+    data_only,
+    head_of,
+    reply_digest,
+    serialized_data_chunks,
+)
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
 from audit import VerifierKey
 from certs import CertError
@@ -377,17 +384,12 @@ class SuperNode:
 
     def _pull(self, message_id: str, site: SiteAudit) -> _Pulled:
         started = time.monotonic()
-        head: pb.MessageHead | None = None
-        assembler: Assembler | None = None
         request = pb.PullMessageRequest(message_id=message_id, witness_size=site.witness_size)
-        for chunk in self._stub.PullMessage(request):
-            if chunk.HasField("head"):
-                head = chunk.head
-                assembler = Assembler(head.content_size, self.config.max_message_bytes)
-            elif assembler is not None:
-                assembler.add(chunk.data)
-        if head is None or assembler is None:
-            raise ValueError(f"message {message_id} arrived without its head")
+        parts = iter(self._stub.PullMessage(request))
+        head = head_of(parts, pb.MessageHead)
+        assembler = Assembler(head.content_size, self.config.max_message_bytes)
+        for piece in data_only(parts):
+            assembler.add(piece)
         frame = assembler.finish()  # decoded in place: the arrays are views of it
         return self._received(head, frame, request.witness_size, started)
 
@@ -747,10 +749,9 @@ class SuperNode:
             signature=signature,
         )
 
-        def chunks() -> Iterator[pb.ReplyChunk]:
+        def chunks() -> Iterator[pb.ReplyChunk | bytes]:
             yield pb.ReplyChunk(head=head)
-            for piece in iter_chunks(frame):
-                yield pb.ReplyChunk(data=piece)
+            yield from serialized_data_chunks(frame)
 
         if len(frame) <= WHOLE_REPLY_BYTES:  # one unary call: no stream to set up
             link.stub.PushWholeReply(pb.WholeReply(head=head, content=bytes(frame)))

@@ -82,6 +82,21 @@ def test_garbage_and_oversized_requests_are_refused_and_serving_goes_on(
     code, detail = _code(lambda: _push(stub, not_a_frame, [b"y" * 16]))
     assert code == grpc.StatusCode.INVALID_ARGUMENT, detail
 
+    if _push is _stream:  # the chunk codec: a second head, and a chunk cut short
+        second_head = pb.ReplyHead(metadata=reply_meta, content_size=16)
+        code, detail = _code(
+            lambda: stub.PushReply(
+                iter([pb.ReplyChunk(head=second_head), pb.ReplyChunk(head=second_head)])
+            )
+        )
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, detail
+        assert "one head" in detail
+        raw_push = channel.stream_unary("/greenhouse.fleet.v1.Fleet/PushReply")  # raw bytes
+        head_bytes = pb.ReplyChunk(head=second_head).SerializeToString()
+        code, detail = _code(lambda: raw_push(iter([head_bytes, b"\x12\x10cut short"])))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT, detail
+        assert "could not be decoded" in detail
+
     unsigned = pb.ReplyHead(metadata=reply_meta, is_error=True, error_code=1, error_reason="x")
     code, detail = _code(lambda: _push(stub, unsigned))
     assert code == grpc.StatusCode.UNAUTHENTICATED, detail

@@ -7,6 +7,7 @@ import socket
 import stat
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -278,6 +279,56 @@ def test_open_fd_reads_the_blob_bytes(store):
         os.close(fd)
         raise
     assert _read_fd(fd, len(data)) == data
+
+
+def _maps_of(path) -> int:
+    return sum(str(path) in line for line in Path("/proc/self/maps").read_text().splitlines())
+
+
+def test_mapped_chunks_are_read_only_views_of_one_window_at_a_time(store):
+    data = os.urandom(2 * MIB + 3)
+    ref = store.put_bytes(data)
+    path = store.directory / ref.sha256
+    before = _open_fds()
+    chunks = store.mapped_chunks(ref.sha256)
+    got = []
+    for view in chunks:
+        assert view.readonly
+        assert _maps_of(path) == 1  # the previous window is gone
+        got.append(bytes(view))
+    assert [len(chunk) for chunk in got] == [MIB, MIB, 3]
+    assert b"".join(got) == data
+    assert _maps_of(path) == 0
+    assert _open_fds() == before
+    assert list(store.mapped_chunks(store.put_bytes(b"").sha256)) == []
+
+
+def test_mapped_chunks_closed_early_unmap_and_close(store):
+    ref = store.put_bytes(b"k" * 3 * MIB)
+    before = _open_fds()
+    chunks = store.mapped_chunks(ref.sha256)
+    held = next(chunks)[10:20]
+    chunks.close()
+    assert bytes(held) == b"k" * 10  # a view still held keeps its window until it goes
+    held.release()
+    assert _maps_of(store.directory / ref.sha256) == 0
+    assert _open_fds() == before
+
+
+def test_mapped_chunks_refuse_missing_and_corrupted_blobs_and_bad_sizes(tmp_path):
+    first = BlobStore(tmp_path / "blobs")
+    ref = first.put_bytes(b"the real model weights")
+    (first.directory / ref.sha256).write_bytes(b"some forged weights!!!")
+    fresh = BlobStore(tmp_path / "blobs")
+    before = _open_fds()
+    with pytest.raises(BlobError, match="is corrupt"):
+        fresh.mapped_chunks(ref.sha256)
+    with pytest.raises(BlobNotFound):
+        fresh.mapped_chunks("cd" * 32)
+    for size in (0, 1000, True):
+        with pytest.raises(InvalidArgument, match="multiple of"):
+            fresh.mapped_chunks(ref.sha256, size)
+    assert _open_fds() == before
 
 
 def test_open_fd_of_a_missing_or_misnamed_blob(store):
