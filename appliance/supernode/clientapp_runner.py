@@ -118,8 +118,9 @@ class ClientAppProcess:
             self.stop()
             return self._error(message, f"the ClientApp did not reply within {timeout_s:g} s")
         except (OSError, FrameError, WireError) as exc:
-            code = self._process.wait(timeout=5) if self._process else None
-            self._close_channel()
+            # Crashed, or alive and breaking the protocol: either way it is done.
+            self._close_channel()  # a live child sees the end of its socket and exits
+            code = self._end(self._process, grace_s=5.0)
             return self._error(message, f"the ClientApp process failed ({exc}; exit code {code})")
         if reply.metadata.reply_to_message_id != message.metadata.message_id:
             self.stop()
@@ -152,10 +153,15 @@ class ClientAppProcess:
         """Close the socket (the child exits on EOF), then terminate if it lingers."""
         self._close_channel()
         process, self._process = self._process, None
+        self._end(process, grace_s)
+
+    @staticmethod
+    def _end(process: subprocess.Popen[bytes] | None, grace_s: float) -> int | None:
+        """Wait up to ``grace_s`` for ``process`` to exit, then kill it; its exit code."""
         if process is None or process.poll() is not None:
-            return
+            return None if process is None else process.returncode
         try:
-            process.wait(timeout=grace_s)
+            return process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+            return process.wait()
