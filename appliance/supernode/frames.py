@@ -43,7 +43,6 @@ _LENGTH = struct.Struct(">Q")
 _IN_MEMFD = 1 << 63
 #: What a memfd must be sealed against before a frame in it is trusted.
 _REQUIRED_SEALS = fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW
-_MAP_FLAGS = mmap.MAP_PRIVATE | getattr(mmap, "MAP_POPULATE", 0)
 
 
 class FrameError(ApplianceError):
@@ -173,6 +172,7 @@ def _map_sealed(fd: int, length: int) -> mmap.mmap:
     if info.st_size != length or length == 0:
         raise FrameError(f"a sealed frame holds {info.st_size} bytes, {length} were announced")
     try:
-        return mmap.mmap(fd, length, flags=_MAP_FLAGS, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        # Not MAP_POPULATE: on a writable private mapping it would copy every page.
+        return mmap.mmap(fd, length, access=mmap.ACCESS_COPY)
     except (OSError, ValueError) as exc:
         raise FrameError(f"a sealed frame could not be mapped: {exc}") from exc

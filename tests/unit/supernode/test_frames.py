@@ -11,6 +11,7 @@ import struct
 import tempfile
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,6 +90,26 @@ def test_a_large_frame_goes_sealed_and_arrives_as_a_private_mapping(pair):
     assert _open_fds() == before + 1  # the mapping's own descriptor, nothing else
     frame.close()
     assert _open_fds() == before
+
+
+def _rss_anon_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1])
+    raise AssertionError("no RssAnon in /proc/self/status")
+
+
+def test_a_sealed_frame_is_read_from_shared_pages_not_copied(pair):
+    left, right = pair
+    size = 32 * 2**20
+    fd = _memfd(b"\x07" * size, ALL_SEALS)
+    _send_word(left, size | _IN_MEMFD, [fd])
+    os.close(fd)
+    before = _rss_anon_kb()
+    frame = receive_frame(right, MAX)
+    assert np.frombuffer(frame, dtype=np.uint8).sum() == 7 * size  # every page read
+    assert _rss_anon_kb() - before < 8 * 1024  # no private copy of 32 MiB was made
+    frame.close()
 
 
 def test_a_message_crosses_sealed_and_decodes_in_place(pair):
