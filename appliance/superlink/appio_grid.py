@@ -23,7 +23,7 @@ from appliance.message import SERVER_NODE_ID, Error, Message
 from appliance.proto import appio_pb2 as pb
 from appliance.proto.appio_pb2_grpc import AppIoStub
 from appliance.records import RecordDict
-from appliance.superlink.body_fds import BodyReceiver, read_body
+from appliance.superlink.body_fds import BodyReceiver, map_body
 from appliance.transport import Assembler, TransportError, iter_chunks
 from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
 
@@ -168,5 +168,5 @@ class AppIoGrid(Grid):
             raise TransportError(
                 f"body of {head.content_size} bytes exceeds the limit of {self._max_reply_bytes}"
             )
-        body = read_body(fd, head.content_size)
+        body = map_body(fd, head.content_size)
         return Message.from_parts(metadata, decode_record_dict(body))

@@ -7,10 +7,13 @@ import struct
 import threading
 import time
 
+import numpy as np
 import pytest
 
-from appliance.superlink.body_fds import BodyReceiver, BodySender, body_socket_pair, read_body
+from appliance.records import ArrayRecord, RecordDict
+from appliance.superlink.body_fds import BodyReceiver, BodySender, body_socket_pair, map_body
 from appliance.transport import TransportError
+from appliance.wire import decode_record_dict, encode_record_dict
 
 MIB = 1024 * 1024
 _STASH_LIMIT = 256
@@ -86,8 +89,8 @@ def test_a_descriptor_arrives_with_its_ticket_and_reads_the_file(pair, make_file
     got = receiver.take(ticket, timeout_s=5)
     arrived = os.fstat(got)  # the same open file, though the sender closed its copy
     assert (arrived.st_dev, arrived.st_ino) == (sent.st_dev, sent.st_ino)
-    assert read_body(got, len(data)) == data
-    assert_closed(got)  # read_body closes it
+    assert map_body(got, len(data))[:] == data
+    assert_closed(got)  # map_body closes it
 
 
 def test_tickets_are_fresh_per_send(send_bytes, pair):
@@ -106,7 +109,7 @@ def test_from_fd_wraps_an_inherited_descriptor(make_file):
         fd = make_file(b"inherited")
         ticket = sender.send(fd)
         os.close(fd)
-        assert read_body(receiver.take(ticket, timeout_s=5), 9) == b"inherited"
+        assert map_body(receiver.take(ticket, timeout_s=5), 9)[:] == b"inherited"
     finally:
         receiver.close()
         sender.close()
@@ -117,7 +120,7 @@ def test_tickets_claimed_out_of_order(send_bytes, pair):
     tickets = [send_bytes(f"body {i}".encode()) for i in range(3)]
     assert None not in tickets
     order = [2, 0, 1]  # the third first: the first two wait in the stash
-    got = {i: read_body(receiver.take(tickets[i], timeout_s=5), 6) for i in order}
+    got = {i: map_body(receiver.take(tickets[i], timeout_s=5), 6)[:] for i in order}
     assert got == {0: b"body 0", 1: b"body 1", 2: b"body 2"}
 
 
@@ -135,7 +138,7 @@ def test_concurrent_takes_each_get_their_own_file(send_bytes, pair):
             barrier.wait(timeout=5)
             for index in mine:
                 results[index] = bytes(
-                    read_body(receiver.take(tickets[index], timeout_s=5), len(bodies[index]))
+                    map_body(receiver.take(tickets[index], timeout_s=5), len(bodies[index]))[:]
                 )
         except BaseException as exc:
             errors.append(exc)
@@ -151,17 +154,32 @@ def test_concurrent_takes_each_get_their_own_file(send_bytes, pair):
     assert results == dict(enumerate(bodies))
 
 
-def test_read_body_with_a_wrong_size_raises_and_still_closes(make_file):
+def test_map_body_with_a_wrong_size_raises_and_still_closes(make_file):
     for declared in (9, 11, 0):
         fd = make_file(b"0123456789")
         with pytest.raises(TransportError, match=f"is 10 bytes, its head declared {declared}"):
-            read_body(fd, declared)
+            map_body(fd, declared)
         assert_closed(fd)
 
 
-def test_read_body_of_an_empty_file(make_file):
+def test_map_body_is_decoded_in_place_and_never_writes_the_file(tmp_path):
+    weights = np.arange(1000, dtype=np.float32)
+    path = tmp_path / "body"
+    path.write_bytes(encode_record_dict(RecordDict({"m": ArrayRecord({"w": weights})})))
+    fd = os.open(path, os.O_RDONLY)  # read-only, as the SuperLink opens a blob
+    body = map_body(fd, path.stat().st_size)
+    assert_closed(fd)
+    decoded = decode_record_dict(body)["m"]["w"]
+    np.testing.assert_array_equal(decoded, weights)
+    decoded += 1  # writable: the page is copied for this process
+    assert decoded[0] == 1
+    reread = decode_record_dict(path.read_bytes())["m"]["w"]
+    np.testing.assert_array_equal(reread, weights)  # the blob file is unchanged
+
+
+def test_map_body_of_an_empty_file(make_file):
     fd = make_file(b"")
-    assert read_body(fd, 0) == bytearray()
+    assert map_body(fd, 0)[:] == bytearray()
     assert_closed(fd)
 
 
@@ -171,14 +189,14 @@ def test_a_ticket_never_sent_times_out(send_bytes, pair):
     with pytest.raises(TransportError, match=f"reply body {sent + 1000} did not arrive"):
         receiver.take(sent + 1000, timeout_s=0.2)
     # what arrived while waiting was stashed, not lost
-    assert read_body(receiver.take(sent, timeout_s=0), 4) == b"kept"
+    assert map_body(receiver.take(sent, timeout_s=0), 4)[:] == b"kept"
 
 
 def test_the_sender_closing_is_reported(send_bytes, pair):
     _, sender, receiver = pair
     sent = send_bytes(b"last one")
     sender.close()
-    assert read_body(receiver.take(sent, timeout_s=5), 8) == b"last one"  # queued before EOF
+    assert map_body(receiver.take(sent, timeout_s=5), 8)[:] == b"last one"  # queued before EOF
     with pytest.raises(TransportError, match="closed the reply body socket"):
         receiver.take(sent + 1, timeout_s=5)
 
@@ -216,7 +234,7 @@ def test_a_malformed_message_does_not_spoil_what_follows(pair, send_bytes):
     ticket = send_bytes(b"fine")
     with pytest.raises(TransportError, match="malformed"):
         receiver.take(ticket, timeout_s=5)
-    assert read_body(receiver.take(ticket, timeout_s=5), 4) == b"fine"
+    assert map_body(receiver.take(ticket, timeout_s=5), 4)[:] == b"fine"
 
 
 def test_send_returns_none_once_the_receiver_is_gone(pair, make_file):
@@ -250,7 +268,7 @@ def test_send_returns_none_without_blocking_when_the_queue_is_full(pair, make_fi
         os.close(receiver.take(tickets[0], timeout_s=5))
         again = sender.send(fd)
         assert again is not None and again not in tickets
-        assert read_body(receiver.take(again, timeout_s=5), 6) == b"queued"
+        assert map_body(receiver.take(again, timeout_s=5), 6)[:] == b"queued"
     finally:
         os.close(fd)
 
@@ -268,12 +286,12 @@ def test_the_stash_is_bounded_oldest_closed_first(send_bytes, pair):
     last = receiver.take(second[-1], timeout_s=5)
     # 300 were stashed in all: the 44 oldest were closed, 256 kept (one of them taken)
     assert open_fds() == baseline + _STASH_LIMIT
-    assert read_body(last, 4) == b"0300"
+    assert map_body(last, 4)[:] == b"0300"
     for evicted in (first[0], first[43]):
         with pytest.raises(TransportError, match="did not arrive"):
             receiver.take(evicted, timeout_s=0.05)
-    assert read_body(receiver.take(first[44], timeout_s=0), 4) == b"0044"
-    assert read_body(receiver.take(second[0], timeout_s=0), 4) == b"0200"
+    assert map_body(receiver.take(first[44], timeout_s=0), 4)[:] == b"0044"
+    assert map_body(receiver.take(second[0], timeout_s=0), 4)[:] == b"0200"
     assert open_fds() == baseline + _STASH_LIMIT - 3  # three read (and closed) since
 
 
@@ -308,7 +326,7 @@ def test_a_passing_kernel_refusal_does_not_close_the_sender(pair, make_file, mon
         monkeypatch.setattr(socket, "send_fds", real_send_fds)
         ticket = sender.send(fd)
         assert ticket is not None  # the fast path is back once the kernel accepts
-        assert read_body(receiver.take(ticket, timeout_s=5), 5) == b"later"
+        assert map_body(receiver.take(ticket, timeout_s=5), 5)[:] == b"later"
     finally:
         os.close(fd)
 
@@ -332,7 +350,7 @@ def test_a_take_waiting_for_a_lost_ticket_does_not_hold_up_another(send_bytes, p
             time.sleep(0.01)
         assert receiver._reading
         ticket = send_bytes(b"mine")
-        assert read_body(receiver.take(ticket, timeout_s=3), 4) == b"mine"
+        assert map_body(receiver.take(ticket, timeout_s=3), 4)[:] == b"mine"
         assert waiter.is_alive()  # served before the other's wait ran out
     finally:
         waiter.join()
