@@ -13,7 +13,7 @@ import hashlib
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TypeAlias, TypeVar
 
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
@@ -59,7 +59,7 @@ class MalformedChunk:
 
 #: One part of a chunked stream as its codec hands it over: the head message, a data
 #: piece as a view of the received bytes, or a chunk that did not parse.
-ChunkPart = ProtoMessage | memoryview | MalformedChunk
+ChunkPart: TypeAlias = ProtoMessage | memoryview | MalformedChunk
 H = TypeVar("H", bound=ProtoMessage)
 
 
@@ -144,7 +144,7 @@ def parse_chunk(chunk_type: type[ProtoMessage]) -> Callable[[bytes], ChunkPart]:
         except DecodeError as exc:
             return MalformedChunk(f"a {chunk_type.__name__} could not be decoded: {exc}")
         if chunk.WhichOneof("part") == "head":
-            return chunk.head  # type: ignore[no-any-return]
+            return chunk.head
         return memoryview(chunk.data)  # the data arm, or an empty chunk
 
     return parse
@@ -186,12 +186,14 @@ class Assembler:
             declared, or :meth:`finish` finds fewer.
     """
 
-    def __init__(self, expected: int, max_bytes: int) -> None:
+    def __init__(self, expected: int, max_bytes: int, *, hashed: bool = False) -> None:
         if expected > max_bytes:
             raise TransportError(f"body of {expected} bytes exceeds the limit of {max_bytes}")
         self._buffer = bytearray(expected)
         self._view = memoryview(self._buffer)
         self._filled = 0
+        # Hashing each chunk as it lands reads it from the cache, not from memory.
+        self._digest = hashlib.sha256() if hashed else None
 
     def add(self, chunk: bytes | memoryview) -> None:
         """Append one chunk."""
@@ -199,7 +201,15 @@ class Assembler:
         if end > len(self._buffer):
             raise TransportError(f"body is longer than the {len(self._buffer)} bytes declared")
         self._view[self._filled : end] = chunk
+        if self._digest is not None:
+            self._digest.update(chunk)
         self._filled = end
+
+    def sha256(self) -> bytes:
+        """The SHA-256 of the bytes added so far (made with ``hashed=True``)."""
+        if self._digest is None:
+            raise TransportError("this assembler was not asked to hash")
+        return self._digest.digest()
 
     def finish(self) -> bytearray:
         """The whole body (a writable buffer the wire codec decodes in place)."""

@@ -19,7 +19,9 @@ any other (unknown fields, reordered or non-canonical protobuf, non-zero padding
 
 from __future__ import annotations
 
+import hashlib
 import math
+import mmap
 import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,6 +55,7 @@ __all__ = [
     "encode_message_parts",
     "encode_metadata",
     "encode_record_dict",
+    "encode_record_dict_hashed",
 ]
 
 MAGIC = b"GHW\x01"
@@ -66,6 +69,9 @@ DEFAULT_MAX_FRAME_BYTES = 16 * 2**30
 
 _DTYPES = {name: np.dtype(name).newbyteorder("<") for name in ARRAY_DTYPES}
 _ZERO_PAD = bytes(ALIGNMENT)
+#: What a frame can be decoded from (writable ones are decoded in place).
+FrameBytes = bytes | bytearray | memoryview | mmap.mmap
+_HASH_STEP = 2**20
 
 
 class WireError(ApplianceError):
@@ -164,6 +170,31 @@ def encode_record_dict(records: RecordDict) -> bytes:
     payload = _Payload()
     _record_dict_to_proto(records, header, payload)
     return _frame(KIND_RECORD_DICT, header, payload)
+
+
+def encode_record_dict_hashed(records: RecordDict) -> tuple[memoryview, bytes]:
+    """:func:`encode_record_dict` and the frame's SHA-256, in one pass.
+
+    Each MiB is hashed right after it is copied into the frame, while it is still in
+    the CPU's cache: hashing a finished 40 MB frame reads all of it back from memory,
+    which costs a third more than the hash itself.
+    """
+    header = pb.RecordDict()
+    payload = _Payload()
+    _record_dict_to_proto(records, header, payload)
+    parts = _frame_parts(KIND_RECORD_DICT, header, payload)
+    frame = np.empty(sum(memoryview(part).nbytes for part in parts), dtype=np.uint8)
+    digest = hashlib.sha256()
+    filled = 0
+    for part in parts:
+        source = np.frombuffer(part, dtype=np.uint8)
+        for start in range(0, source.size, _HASH_STEP):
+            piece = source[start : start + _HASH_STEP]
+            target = frame[filled : filled + piece.size]
+            target[:] = piece
+            digest.update(target.data)
+            filled += piece.size
+    return frame.data, digest.digest()
 
 
 def _metadata_to_proto(m: Metadata) -> pb.Metadata:
@@ -302,9 +333,7 @@ def _record_dict_from_proto(header: pb.RecordDict, payload: _PayloadReader) -> R
     return records
 
 
-def _split_frame(
-    data: bytes | bytearray | memoryview, kind: bytes, max_bytes: int
-) -> tuple[memoryview, memoryview]:
+def _split_frame(data: FrameBytes, kind: bytes, max_bytes: int) -> tuple[memoryview, memoryview]:
     view = memoryview(data).cast("B")
     if len(view) > max_bytes:
         raise WireError(f"frame is {len(view)} bytes, more than the limit of {max_bytes}")
@@ -373,9 +402,7 @@ def decode_metadata(data: bytes, *, max_bytes: int = 64 * 1024) -> Metadata:
         return _metadata_from_proto(header)
 
 
-def decode_record_dict(
-    data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
-) -> RecordDict:
+def decode_record_dict(data: FrameBytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> RecordDict:
     """Decode a frame made by :func:`encode_record_dict`.
 
     ``bytes`` input is copied once so the arrays are writable; a ``bytearray`` is
@@ -394,9 +421,7 @@ def decode_record_dict(
         return records
 
 
-def decode_message(
-    data: bytes | bytearray | memoryview, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES
-) -> Message:
+def decode_message(data: FrameBytes, *, max_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> Message:
     """Decode a frame made by :func:`encode_message` (see :func:`decode_record_dict`).
 
     Raises:

@@ -568,6 +568,25 @@ class Federation:
             wait_until(online, deadline, f"{count} SuperNodes online")
 
 
+def _blob_bytes_after_cleanup(superlink_pid: int, blobs: Path, deadline: Deadline) -> int:
+    """The blob store's size once the run's ServerApp has exited and the SuperLink has
+    released the run's bodies (the run reads finished a moment before that)."""
+
+    def size() -> int:
+        return sum(p.stat().st_size for p in blobs.iterdir() if p.is_file())
+
+    wait_until(lambda: not descendants(superlink_pid), deadline.sooner(10), "the ServerApp to exit")
+    settle = Deadline(3.0)
+    last = size()
+    while settle.remaining() > 0:
+        time.sleep(0.2)
+        now = size()
+        if now == last:
+            break
+        last = now
+    return last
+
+
 def follow_run(client: ControlClient, run_id: int, deadline: Deadline, echo: bool) -> list[str]:
     """The run's log lines, followed through the Control API until the run ends.
 
@@ -643,8 +662,9 @@ def bench_runtime(
             (info,) = client.runs(run_id)
             result.status, result.reason = info.status, info.reason
         result.superlink_peak_kb = vm_kb(superlink_pid, "VmHWM")
-        blobs = root / "superlink" / "blobs"
-        result.blob_bytes = sum(p.stat().st_size for p in blobs.iterdir() if p.is_file())
+        result.blob_bytes = _blob_bytes_after_cleanup(
+            superlink_pid, root / "superlink" / "blobs", deadline
+        )
         node_pids = [fed._python_pid(p) for p in fed.nodes]
         result.supernode_peak_kb = max((vm_kb(pid, "VmHWM") for pid in node_pids), default=0)
         for text in lines:
@@ -904,6 +924,7 @@ LEGEND = """\
   SL peak    VmHWM of the SuperLink; SL grow: that minus its RSS with the nodes connected,
              before the run; SN peak: the largest SuperNode VmHWM; SA peak: the
              ServerApp's ru_maxrss; blobs: the SuperLink's blob store on disk after the run
+             (once its ServerApp has exited and the run's bodies are released)
 """
 
 

@@ -121,7 +121,7 @@ class BlobStore:
 
     def put_stream(
         self,
-        chunks: Iterable[bytes],
+        chunks: Iterable[bytes | bytearray | memoryview],
         *,
         max_bytes: int,
         durable: bool = True,
@@ -471,7 +471,7 @@ def _is_blob_name(name: str) -> bool:
 
 
 def _write_chunks(
-    fd: int, chunks: Iterable[bytes], max_bytes: int, durable: bool
+    fd: int, chunks: Iterable[bytes | bytearray | memoryview], max_bytes: int, durable: bool
 ) -> tuple[str, int]:
     """Write ``chunks`` to ``fd`` unbuffered; errors of the iterator itself propagate as-is."""
     digest = hashlib.sha256()

@@ -68,7 +68,12 @@ from appliance.transport import (
     reply_digest,
     serialized_data_chunks,
 )
-from appliance.wire import decode_metadata, decode_record_dict, encode_metadata, encode_record_dict
+from appliance.wire import (
+    decode_metadata,
+    decode_record_dict,
+    encode_metadata,
+    encode_record_dict_hashed,
+)
 from audit import VerifierKey
 from certs import CertError
 from certs.signing import EnvelopeKind
@@ -146,6 +151,7 @@ class _Pulled:
     message: Message
     head: pb.MessageHead  # run context and the SuperLink's latest tree head
     frame: bytearray  # the content as received (the message's arrays are views of it)
+    frame_sha256: bytes | None  # its SHA-256 if hashed as it arrived (else the log hashes it)
     witness_size: int  # the cosigned size the pull asked a consistency proof from
     started: float  # time.monotonic() when the pull started
 
@@ -380,27 +386,32 @@ class SuperNode:
                 f"its head declared {head.content_size}"
             )
         frame = bytearray(delivery.content)  # decoded in place, like a pulled body
-        return self._received(head, frame, head.audit_proof_from, started)
+        return self._received(head, frame, None, head.audit_proof_from, started)
 
     def _pull(self, message_id: str, site: SiteAudit) -> _Pulled:
         started = time.monotonic()
         request = pb.PullMessageRequest(message_id=message_id, witness_size=site.witness_size)
         parts = iter(self._stub.PullMessage(request))
         head = head_of(parts, pb.MessageHead)
-        assembler = Assembler(head.content_size, self.config.max_message_bytes)
+        assembler = Assembler(head.content_size, self.config.max_message_bytes, hashed=True)
         for piece in data_only(parts):
             assembler.add(piece)
         frame = assembler.finish()  # decoded in place: the arrays are views of it
-        return self._received(head, frame, request.witness_size, started)
+        return self._received(head, frame, assembler.sha256(), request.witness_size, started)
 
     def _received(
-        self, head: pb.MessageHead, frame: bytearray, witness_size: int, started: float
+        self,
+        head: pb.MessageHead,
+        frame: bytearray,
+        frame_sha256: bytes | None,
+        witness_size: int,
+        started: float,
     ) -> _Pulled:
         """Decode a message's frame (in place) into what ``_process`` answers."""
         self.metrics.received("message", len(frame))
         content = decode_record_dict(frame, max_bytes=self.config.max_message_bytes)
         message = Message.from_parts(decode_metadata(head.metadata), content)
-        return _Pulled(message, head, frame, witness_size, started)
+        return _Pulled(message, head, frame, frame_sha256, witness_size, started)
 
     def _witness(self, site: SiteAudit, pulled: _Pulled) -> None:
         """Record the SuperLink's tree head; cosign it if it extends the last one."""
@@ -455,6 +466,7 @@ class SuperNode:
                     node_id=self.node_id,
                     app_sha256=run_context.bundle_sha256,
                     frame=pulled.frame,
+                    sha256=pulled.frame_sha256,
                 )
                 if run.process is None:
                     run.process = self._start_clientapp(run, run_context)
@@ -686,13 +698,14 @@ class SuperNode:
 
     def _egress(
         self, request: Message, reply: Message, record_epsilon_cap: float | None
-    ) -> tuple[Message, bytes, bytes]:
+    ) -> tuple[Message, bytes | memoryview, bytes]:
         """What may leave: the checked reply, its frame and the frame's SHA-256 (or a
         refusal in its place)."""
         policy = self._policy
         if policy is None:
-            frame = b"" if reply.has_error() else encode_record_dict(reply.content)
-            return reply, frame, hashlib.sha256(frame).digest()
+            if reply.has_error():
+                return reply, b"", hashlib.sha256(b"").digest()
+            return reply, *encode_record_dict_hashed(reply.content)
         try:
             approved = verify_egress(
                 policy,

@@ -57,7 +57,7 @@ from appliance.supernode.publisher import (
     parse_bundle_signature,
     verify_bundle_signature,
 )
-from appliance.wire import WireError, encode_record_dict
+from appliance.wire import WireError, encode_record_dict_hashed
 from secagg import make_secagg_mod
 from secagg.codec import STAGE_OF_TYPE, decode_reply, encode_reply
 from secagg.errors import SecAggError
@@ -830,7 +830,7 @@ class ApprovedReply:
     """
 
     message: Message
-    frame: bytes = field(repr=False)
+    frame: bytes | memoryview = field(repr=False)
     report: EgressReport
 
 
@@ -998,7 +998,7 @@ def _inspect(
     request: Message,
     host_secagg: bool,
     record_epsilon_cap: float | None = None,
-) -> tuple[Message, bytes, EgressReport]:
+) -> tuple[Message, bytes | memoryview, EgressReport]:
     meta = reply.metadata
     facts: dict[str, Any] = {
         "message_id": meta.message_id,
@@ -1029,10 +1029,12 @@ def _inspect(
         violations += [violation] if violation is not None else []
     limit = policy.egress.max_reply_bytes
     array_bytes = sum(r.nbytes for r in content.array_records.values())
+    frame: bytes | memoryview = b""
+    frame_sha256 = b""
     try:
-        frame = b"" if array_bytes > limit else encode_record_dict(content)
+        if array_bytes <= limit:
+            frame, frame_sha256 = encode_record_dict_hashed(content)
     except WireError:
-        frame = b""
         violations.append(EgressViolation("messages", "the reply cannot be encoded"))
     size = max(array_bytes, len(frame))
     if size > limit:
@@ -1042,7 +1044,7 @@ def _inspect(
     report = EgressReport(
         **facts,
         size_bytes=size,
-        content_sha256=hashlib.sha256(frame).hexdigest() if frame else "",
+        content_sha256=frame_sha256.hex() if frame else "",
         record_names=tuple(content),
         metric_keys=tuple(metric_keys),
         error_code=None,

@@ -221,9 +221,18 @@ class SiteAudit:
     # -- messages and replies ---------------------------------------------------------------
 
     def received(
-        self, message: Message, *, node_id: int, app_sha256: str, frame: bytes | bytearray
+        self,
+        message: Message,
+        *,
+        node_id: int,
+        app_sha256: str,
+        frame: bytes | bytearray,
+        sha256: bytes | None = None,
     ) -> None:
-        """``message.received``: an instruction admitted for the ClientApp."""
+        """``message.received``: an instruction admitted for the ClientApp.
+
+        ``sha256`` is the frame's digest when the caller has it already.
+        """
         meta = message.metadata
         self.log.append(
             audit.SYSTEM,
@@ -234,7 +243,7 @@ class SiteAudit:
                 "group_id": meta.group_id,
                 "app_sha256": app_sha256,
                 "bytes": len(frame),
-                "sha256": hashlib.sha256(frame).hexdigest(),
+                "sha256": (sha256 or hashlib.sha256(frame).digest()).hex(),
             },
         )
 
@@ -306,7 +315,12 @@ class SiteAudit:
         )
 
     def egress(
-        self, reply: Message, *, node_id: int, frame: bytes, sha256: bytes | None = None
+        self,
+        reply: Message,
+        *,
+        node_id: int,
+        frame: bytes | memoryview,
+        sha256: bytes | None = None,
     ) -> None:
         """``egress.reply``: written before the reply's bytes leave (raises: do not send).
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 import pytest
@@ -142,3 +143,14 @@ def test_assembler_takes_views_and_refuses_more_or_fewer_bytes_than_declared():
         short.finish()
     with pytest.raises(TransportError, match="exceeds the limit"):
         Assembler(11, max_bytes=10)
+
+
+def test_a_hashing_assembler_hashes_what_it_assembled():
+    data = os.urandom(3 * 2**20 + 5)
+    assembler = Assembler(len(data), max_bytes=len(data), hashed=True)
+    for start in range(0, len(data), 2**20):
+        assembler.add(memoryview(data)[start : start + 2**20])
+    assert assembler.finish() == data
+    assert assembler.sha256() == hashlib.sha256(data).digest()
+    with pytest.raises(TransportError, match="not asked to hash"):
+        Assembler(1, max_bytes=1).sha256()

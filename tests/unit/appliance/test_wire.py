@@ -7,6 +7,7 @@ version-1 prefix ``struct.pack("<4scI", b"GHW\\x01", kind, len(header))``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import struct
@@ -26,7 +27,9 @@ from appliance.wire import (
     decode_message,
     decode_record_dict,
     encode_message,
+    encode_message_parts,
     encode_record_dict,
+    encode_record_dict_hashed,
 )
 
 MAGIC = b"GHW\x01"
@@ -1026,3 +1029,41 @@ def test_fuzzed_frames_that_decode_are_canonical():
         if encode(result) != data:
             accepted.append(split(data)[1].hex())
     assert not accepted, f"{len(accepted)} non-canonical frames accepted, e.g. header {accepted[0]}"
+
+
+@pytest.mark.parametrize(
+    "records",
+    [
+        RecordDict(),
+        RecordDict({"m": MetricRecord({"loss": 0.5})}),
+        RecordDict(
+            {
+                "big": ArrayRecord(
+                    {
+                        "a": np.arange(700_000, dtype=np.float32),  # several hash steps
+                        "b": np.ones((3, 5), dtype=np.int64),
+                        "empty": np.zeros(0, dtype=np.float64),
+                        "odd": np.arange(7, dtype=np.uint8),  # padding after it
+                        "big_endian": np.arange(4, dtype=">i4"),
+                    }
+                ),
+                "c": ConfigRecord({"lr": 0.1, "name": "x"}),
+            }
+        ),
+    ],
+)
+def test_encode_record_dict_hashed_is_the_frame_and_its_sha256(records):
+    frame, digest = encode_record_dict_hashed(records)
+    assert bytes(frame) == encode_record_dict(records)
+    assert digest == hashlib.sha256(encode_record_dict(records)).digest()
+    assert decode_record_dict(bytearray(frame)).keys() == records.keys()
+
+
+def test_encode_message_parts_join_to_the_message_frame():
+    weights = np.arange(1000, dtype=np.float32)
+    message = Message(
+        RecordDict({"m": ArrayRecord({"w": weights})}), dst_node_id=1, message_type="train"
+    )
+    parts = encode_message_parts(message)
+    assert any(isinstance(part, np.ndarray) for part in parts)  # the array's own memory
+    assert b"".join(parts) == encode_message(message)

@@ -22,7 +22,7 @@ from appliance.records import ArrayRecord, MetricRecord, RecordDict
 from appliance.state import RunStatus, State, StoredMessage
 from appliance.superlink.appio import AppIoServicer
 from appliance.superlink.appio_grid import TOKEN_HEADER, AppIoGrid
-from appliance.superlink.body_fds import BodyReceiver, BodySender, body_socket_pair, read_body
+from appliance.superlink.body_fds import BodyReceiver, BodySender, body_socket_pair, map_body
 from appliance.superlink.hub import Hub
 from appliance.superlink.privacy import PrivacyTracker
 from appliance.transport import TransportError
@@ -214,7 +214,7 @@ def test_the_head_names_the_ticket_and_no_data_follows(world):
     head = chunks[0].head
     assert world.sender.sent == [head.body_ticket]
     assert head.content_size == stored.content.size
-    body = read_body(world.receiver.take(head.body_ticket, timeout_s=5), head.content_size)
+    body = map_body(world.receiver.take(head.body_ticket, timeout_s=5), head.content_size)
     assert hashlib.sha256(body).hexdigest() == stored.content.sha256
     assert decode_record_dict(body) == sample(2)
     # Delivered: the stored copy is gone, the descriptor it went by still read it.
