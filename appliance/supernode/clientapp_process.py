@@ -77,7 +77,9 @@ def main(argv: list[str], *, refused: str = "") -> int:
         node_config=dict(settings["node_config"]),
         run_config=dict(settings["run_config"]),
     )
-    with socket.socket(fileno=int(os.environ.pop(ENV_SOCKET_FD))) as channel:
+    fd = int(os.environ.pop(ENV_SOCKET_FD))
+    os.set_inheritable(fd, False)  # not for processes the app may start
+    with socket.socket(fileno=fd) as channel:
         serve(
             argv[0],
             channel,
