@@ -281,6 +281,17 @@ def test_open_fd_reads_the_blob_bytes(store):
     assert _read_fd(fd, len(data)) == data
 
 
+def _fds_of(path) -> int:
+    """This process's descriptors open on ``path`` (whatever else it opens or closes)."""
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}") == str(path)
+        except OSError:
+            continue
+    return count
+
+
 def _maps_of(path) -> int:
     return sum(str(path) in line for line in Path("/proc/self/maps").read_text().splitlines())
 
@@ -289,7 +300,6 @@ def test_mapped_chunks_are_read_only_views_of_one_window_at_a_time(store):
     data = os.urandom(2 * MIB + 3)
     ref = store.put_bytes(data)
     path = store.directory / ref.sha256
-    before = _open_fds()
     chunks = store.mapped_chunks(ref.sha256)
     got = []
     for view in chunks:
@@ -299,20 +309,19 @@ def test_mapped_chunks_are_read_only_views_of_one_window_at_a_time(store):
     assert [len(chunk) for chunk in got] == [MIB, MIB, 3]
     assert b"".join(got) == data
     assert _maps_of(path) == 0
-    assert _open_fds() == before
+    assert _fds_of(path) == 0
     assert list(store.mapped_chunks(store.put_bytes(b"").sha256)) == []
 
 
 def test_mapped_chunks_closed_early_unmap_and_close(store):
     ref = store.put_bytes(b"k" * 3 * MIB)
-    before = _open_fds()
     chunks = store.mapped_chunks(ref.sha256)
     held = next(chunks)[10:20]
     chunks.close()
     assert bytes(held) == b"k" * 10  # a view still held keeps its window until it goes
     held.release()
     assert _maps_of(store.directory / ref.sha256) == 0
-    assert _open_fds() == before
+    assert _fds_of(store.directory / ref.sha256) == 0
 
 
 def test_mapped_chunks_refuse_missing_and_corrupted_blobs_and_bad_sizes(tmp_path):
@@ -320,7 +329,6 @@ def test_mapped_chunks_refuse_missing_and_corrupted_blobs_and_bad_sizes(tmp_path
     ref = first.put_bytes(b"the real model weights")
     (first.directory / ref.sha256).write_bytes(b"some forged weights!!!")
     fresh = BlobStore(tmp_path / "blobs")
-    before = _open_fds()
     with pytest.raises(BlobError, match="is corrupt"):
         fresh.mapped_chunks(ref.sha256)
     with pytest.raises(BlobNotFound):
@@ -328,7 +336,7 @@ def test_mapped_chunks_refuse_missing_and_corrupted_blobs_and_bad_sizes(tmp_path
     for size in (0, 1000, True):
         with pytest.raises(InvalidArgument, match="multiple of"):
             fresh.mapped_chunks(ref.sha256, size)
-    assert _open_fds() == before
+    assert _fds_of(fresh.directory / ref.sha256) == 0
 
 
 def test_open_fd_of_a_missing_or_misnamed_blob(store):

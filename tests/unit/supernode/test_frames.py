@@ -4,6 +4,7 @@ descriptors a hostile ClientApp could send instead."""
 from __future__ import annotations
 
 import fcntl
+import gc
 import mmap
 import os
 import socket
@@ -51,8 +52,30 @@ def _cross(left: socket.socket, right: socket.socket, parts: list) -> object:
         sender.join(10)
 
 
-def _open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
+def _copies(fd: int) -> int:
+    """How many of this process's descriptors refer to the same file as ``fd`` (so a
+    test checks its own file, whatever other descriptors the process opens or closes)."""
+    target = os.fstat(fd)
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            info = os.fstat(int(name))
+        except OSError:  # the directory listing's own descriptor, or one closed meanwhile
+            continue
+        count += (info.st_dev, info.st_ino) == (target.st_dev, target.st_ino)
+    return count
+
+
+def _frame_memfds() -> int:
+    """Descriptors of memfds that send_frame made, in this process."""
+    gc.collect()  # mappings of earlier tests that only a collection frees
+    count = 0
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{name}").startswith("/memfd:greenhouse-frame")
+        except OSError:
+            continue
+    return count
 
 
 def _send_word(sock: socket.socket, word: int, fds: Sequence[int] = ()) -> None:
@@ -82,15 +105,15 @@ def test_a_small_frame_goes_inline(pair, size):
 def test_a_large_frame_goes_sealed_and_arrives_as_a_private_mapping(pair):
     left, right = pair
     data = os.urandom(SEALED_MIN_BYTES * 3 + 5)
-    before = _open_fds()
+    before = _frame_memfds()
     send_frame(left, [data[:7], np.frombuffer(data[7:], dtype=np.uint8)])
     frame = receive_frame(right, MAX)
     assert isinstance(frame, mmap.mmap)
     assert frame[:] == data
     frame[0] = (frame[0] + 1) % 256  # copy-on-write: decoding in place is allowed
-    assert _open_fds() == before + 1  # the mapping's own descriptor, nothing else
+    assert _frame_memfds() == before + 1  # the mapping's own descriptor, nothing else
     frame.close()
-    assert _open_fds() == before
+    assert _frame_memfds() == before
 
 
 def _rss_anon_kb() -> int:
@@ -153,11 +176,10 @@ def test_the_sender_cannot_change_a_frame_once_sent(pair):
 def test_an_unsealed_memfd_is_refused(pair, seals, reason):
     left, right = pair
     fd = _memfd(b"x" * 4096, seals)
-    before = _open_fds()
     _send_word(left, 4096 | _IN_MEMFD, [fd])
     with pytest.raises(FrameError, match=reason):
         receive_frame(right, MAX)
-    assert _open_fds() == before  # the received duplicate is closed
+    assert _copies(fd) == 1  # the received duplicate is closed
     os.close(fd)
 
 
@@ -177,11 +199,11 @@ def test_descriptors_that_are_not_memfds_are_refused(pair):
         file.write(b"x" * 4096)
         file.flush()
         for fd in (read_end, file.fileno()):
-            before = _open_fds()
+            copies = _copies(fd)
             _send_word(left, 4096 | _IN_MEMFD, [fd])
             with pytest.raises(FrameError, match=r"not a memfd|not sealed"):
                 receive_frame(right, MAX)
-            assert _open_fds() == before
+            assert _copies(fd) == copies
     os.close(read_end)
     os.close(write_end)
 
@@ -190,15 +212,15 @@ def test_a_sealed_frame_needs_exactly_one_descriptor(pair):
     left, right = pair
     one = _memfd(b"x" * 4096, ALL_SEALS)
     two = _memfd(b"x" * 4096, ALL_SEALS)
-    before = _open_fds()
     _send_word(left, 4096 | _IN_MEMFD)
     with pytest.raises(FrameError, match="0 descriptors"):
         receive_frame(right, MAX)
     _send_word(left, 4096 | _IN_MEMFD, [one, two])  # the second is dropped on receipt
     frame = receive_frame(right, MAX)
     assert frame[:] == b"x" * 4096
+    assert _copies(two) == 1
     frame.close()
-    assert _open_fds() == before
+    assert _copies(one) == 1
     os.close(one)
     os.close(two)
 
@@ -206,12 +228,11 @@ def test_a_sealed_frame_needs_exactly_one_descriptor(pair):
 def test_a_descriptor_beside_an_inline_frame_is_refused_and_closed(pair):
     left, right = pair
     fd = _memfd(b"x", ALL_SEALS)
-    before = _open_fds()
     _send_word(left, 1, [fd])
     left.sendall(b"x")
     with pytest.raises(FrameError, match="came with a frame sent inline"):
         receive_frame(right, MAX)
-    assert _open_fds() == before
+    assert _copies(fd) == 1
     os.close(fd)
 
 
