@@ -29,6 +29,7 @@ __all__ = [
     "MetricValue",
     "Record",
     "RecordDict",
+    "all_finite",
     "check_utf8",
 ]
 
@@ -80,6 +81,27 @@ def check_utf8(what: str, text: str) -> str:
     except UnicodeEncodeError:
         raise ValueError(f"{what} is not valid Unicode text (lone surrogate)") from None
     return text
+
+
+_FINITE_BLOCK = 1 << 16
+
+
+def all_finite(array: npt.NDArray[Any]) -> bool:
+    """Whether every value of ``array`` is finite (true for non-float dtypes).
+
+    Checked block by block: ``np.isfinite(array).all()`` would build a mask as long as
+    the array and stream it through memory a second time.
+    """
+    if array.dtype.kind not in "fc":
+        return True
+    flat = array.reshape(-1)
+    mask = np.empty(min(flat.size, _FINITE_BLOCK), dtype=np.bool_)
+    for start in range(0, flat.size, _FINITE_BLOCK):
+        part = mask[: min(_FINITE_BLOCK, flat.size - start)]
+        np.isfinite(flat[start : start + _FINITE_BLOCK], out=part)
+        if not part.all():
+            return False
+    return True
 
 
 def _check_key(key: object, record: str) -> str:

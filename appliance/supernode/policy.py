@@ -47,7 +47,7 @@ from appliance.clientapp import CallNext, Mod
 from appliance.context import Context
 from appliance.errors import ApplianceError
 from appliance.message import MAX_REASON_CHARS, Error, ErrorCode, Message
-from appliance.records import ArrayRecord, ConfigRecord, MetricRecord
+from appliance.records import ArrayRecord, ConfigRecord, MetricRecord, all_finite
 from appliance.supernode.limits import ResourceLimits
 from appliance.supernode.publisher import (
     PublisherError,
@@ -862,14 +862,6 @@ def _is_secagg_reply(request: Message, reply: Message) -> bool:
         return False
 
 
-def _all_finite(array: np.ndarray[Any, Any]) -> bool:
-    if array.dtype.kind != "f":
-        return True
-    flat = array.reshape(-1)
-    step = 1 << 20
-    return all(bool(np.isfinite(flat[i : i + step]).all()) for i in range(0, flat.size, step))
-
-
 def _violation(key: str, reason: str, record: str, names: list[str]) -> EgressViolation:
     listed = f": {', '.join(repr(n[:64]) for n in names[:10])}" if names else ""
     return EgressViolation(key, reason, f"record {record[:64]!r}{listed}")
@@ -950,7 +942,7 @@ def _array_violations(name: str, record: ArrayRecord, sent: set[str]) -> list[Eg
     bad = [
         k
         for k, a in record.items()
-        if not isinstance(a, np.ndarray) or not a.dtype.isnative or not _all_finite(a)
+        if not isinstance(a, np.ndarray) or not a.dtype.isnative or not all_finite(a)
     ]
     if bad:
         reason = f"{len(bad)} array(s) hold NaN or infinite values or are not native numbers"

@@ -6,7 +6,8 @@ import pytest
 from appliance import ArrayRecord, ClientApp, Context, Message, MetricRecord, RecordDict, ServerApp
 from appliance.errors import StrategyError
 from appliance.local import RunFailed, run_local
-from appliance.strategy import FedAvg, Result, WeightedMean, weighted_metrics_mean
+from appliance.strategy import FedAvg, InvalidUpdate, Result, WeightedMean, weighted_metrics_mean
+from appliance.strategy.aggregate import BLOCK
 
 SHAPES = {"w": (4, 3), "b": (3,)}
 
@@ -183,6 +184,39 @@ def test_weighted_mean_rounds_integer_arrays():
     acc.add(ArrayRecord({"count": np.array([2, 4])}), 1)
     out = acc.result()["count"]
     assert out.dtype == np.int64 and out.tolist() == [2, 3]
+
+
+def test_weighted_mean_in_blocks_equals_the_whole_array_formula():
+    # Sizes that end mid-block, a multi-dimensional array and a float16 one.
+    rng = np.random.default_rng(7)
+    shapes = {"w": (3, BLOCK + 11), "b": (BLOCK * 2 - 1,), "h": (5, 7)}
+    dtypes = {"w": np.float32, "b": np.float64, "h": np.float16}
+    updates = [
+        {k: rng.standard_normal(shape).astype(dtypes[k]) for k, shape in shapes.items()}
+        for _ in range(4)
+    ]
+    weights = [3.0, 0.25, 7.5, 1e-3]
+    acc = WeightedMean(ArrayRecord({k: np.zeros(s, dtypes[k]) for k, s in shapes.items()}))
+    for update, weight in zip(updates, weights, strict=True):
+        acc.add(ArrayRecord(update), weight)
+    out = acc.result()
+    for name in shapes:
+        total = sum(u[name].astype(np.float64) * w for u, w in zip(updates, weights, strict=True))
+        expected = (total / sum(weights)).astype(dtypes[name])
+        assert out[name].dtype == expected.dtype and out[name].shape == expected.shape
+        assert np.array_equal(out[name], expected)
+
+
+def test_weighted_mean_refuses_a_nan_in_the_last_block_and_keeps_its_sum():
+    ref = ArrayRecord({"x": np.zeros(BLOCK * 3 + 5, np.float32)})
+    acc = WeightedMean(ref)
+    acc.add(ArrayRecord({"x": np.ones(BLOCK * 3 + 5, np.float32)}), 2.0)
+    bad = np.full(BLOCK * 3 + 5, 100.0, np.float32)
+    bad[-1] = np.nan
+    with pytest.raises(InvalidUpdate, match="NaN or infinite"):
+        acc.add(ArrayRecord({"x": bad}), 1.0)
+    assert acc.count == 1
+    assert np.array_equal(acc.result()["x"], np.ones(BLOCK * 3 + 5, np.float32))
 
 
 def test_metric_mean_handles_partial_keys_and_lists():

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from appliance.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from appliance.records import ArrayRecord, ConfigRecord, MetricRecord, RecordDict, all_finite
 
 
 def test_array_record_from_list_names_by_position():
@@ -107,3 +107,22 @@ def test_record_dict_holds_only_records_and_groups_by_kind():
     assert list(rd.config_records) == ["c"]
     with pytest.raises(TypeError, match="must be an ArrayRecord, MetricRecord or ConfigRecord"):
         rd["x"] = {"plain": "dict"}
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("where", [0, (1 << 16) - 1, 1 << 16, -1])
+def test_all_finite_finds_a_bad_value_in_any_block(bad, where):
+    values = np.ones((3, 50_000), dtype=np.float32)
+    assert all_finite(values)
+    values.reshape(-1)[where] = bad
+    assert not all_finite(values)
+
+
+def test_all_finite_checks_complex_and_passes_integers():
+    assert all_finite(np.arange(10, dtype=np.int64))
+    assert all_finite(np.zeros(0, dtype=np.float32))
+    assert all_finite(np.array([1 + 2j]))
+    assert not all_finite(np.array([1 + 1j, complex(0, np.inf)]))
+    strided = np.ones((4, 4), dtype=np.float64)[:, ::2]
+    strided[3, 1] = np.nan
+    assert not all_finite(strided)
