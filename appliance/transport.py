@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeAlias, TypeVar
 
+import numpy as np
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 
@@ -189,7 +190,9 @@ class Assembler:
     def __init__(self, expected: int, max_bytes: int, *, hashed: bool = False) -> None:
         if expected > max_bytes:
             raise TransportError(f"body of {expected} bytes exceeds the limit of {max_bytes}")
-        self._buffer = bytearray(expected)
+        # Not zeroed (``bytearray(n)`` would write every byte once more): ``finish``
+        # hands the buffer out only once every byte of it has been written.
+        self._buffer = np.empty(expected, dtype=np.uint8)
         self._view = memoryview(self._buffer)
         self._filled = 0
         # Hashing each chunk as it lands reads it from the cache, not from memory.
@@ -211,14 +214,13 @@ class Assembler:
             raise TransportError("this assembler was not asked to hash")
         return self._digest.digest()
 
-    def finish(self) -> bytearray:
+    def finish(self) -> memoryview:
         """The whole body (a writable buffer the wire codec decodes in place)."""
         if self._filled != len(self._buffer):
             raise TransportError(
                 f"body ended after {self._filled} of the {len(self._buffer)} bytes declared"
             )
-        self._view.release()
-        return self._buffer
+        return self._view
 
 
 def reply_digest(

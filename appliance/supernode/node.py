@@ -150,7 +150,7 @@ class _Pulled:
 
     message: Message
     head: pb.MessageHead  # run context and the SuperLink's latest tree head
-    frame: bytearray  # the content as received (the message's arrays are views of it)
+    frame: bytearray | memoryview  # the content as received (its arrays are views of it)
     frame_sha256: bytes | None  # its SHA-256 if hashed as it arrived (else the log hashes it)
     witness_size: int  # the cosigned size the pull asked a consistency proof from
     started: float  # time.monotonic() when the pull started
@@ -402,7 +402,7 @@ class SuperNode:
     def _received(
         self,
         head: pb.MessageHead,
-        frame: bytearray,
+        frame: bytearray | memoryview,
         frame_sha256: bytes | None,
         witness_size: int,
         started: float,

@@ -226,7 +226,7 @@ class SiteAudit:
         *,
         node_id: int,
         app_sha256: str,
-        frame: bytes | bytearray,
+        frame: bytes | bytearray | memoryview,
         sha256: bytes | None = None,
     ) -> None:
         """``message.received``: an instruction admitted for the ClientApp.

@@ -132,7 +132,9 @@ def test_assembler_takes_views_and_refuses_more_or_fewer_bytes_than_declared():
     assembler = Assembler(4, max_bytes=10)
     assembler.add(memoryview(b"ab"))
     assembler.add(b"cd")
-    assert assembler.finish() == bytearray(b"abcd")
+    body = assembler.finish()
+    assert body == b"abcd"
+    assert not body.readonly  # the wire codec decodes it in place
 
     over = Assembler(3, max_bytes=10)
     with pytest.raises(TransportError, match="longer"):
