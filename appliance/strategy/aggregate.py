@@ -40,11 +40,6 @@ def _blocks(size: int) -> Iterator[slice]:
     return (slice(start, min(start + BLOCK, size)) for start in range(0, size, BLOCK))
 
 
-def _flat(array: npt.NDArray[Any]) -> npt.NDArray[Any]:
-    """A 1-D view of ``array`` (a copy only if it is not contiguous)."""
-    return array.reshape(-1)
-
-
 class InvalidUpdate(ApplianceError):
     """A reply's update cannot be aggregated (wrong names, shapes, dtypes, non-finite values)."""
 
@@ -85,7 +80,7 @@ class WeightedMean:
             self._sums = {k: np.zeros(a.size, dtype=np.float64) for k, a in update.items()}
         scratch = np.empty(BLOCK, dtype=np.float64)
         for name, array in update.items():
-            sums, values = self._sums[name], _flat(array)
+            sums, values = self._sums[name], array.reshape(-1)  # a view when contiguous
             for block in _blocks(values.size):
                 product = scratch[: block.stop - block.start]
                 np.multiply(values[block], weight, out=product, dtype=np.float64)
